@@ -1,0 +1,18 @@
+"""File names and keys shared by writers and readers of lit-attr outputs."""
+
+SCORES_FILE = "scores.npy"
+"""Score matrix, shape (num_train, num_queries)."""
+DONE_MASK_FILE = "scores_done.npy"
+"""uint8 mask over training examples: 1 where the row of scores is written."""
+METADATA_FILE = "metadata.json"
+"""Arguments, dataset and model hashes, and ``finalized`` (written last)."""
+FACTORS_FILE = "factors.safetensors"
+"""K-FAC factors (and eigendecomposition) of the curvature pass."""
+QUERIES_FILE = "queries.pt"
+"""Query images (and sampling trajectories) that the scores refer to."""
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+FIGURE_FILE = "influence.png"
+FINALIZED_KEY = "finalized"
+VOLATILE_METADATA_KEYS = frozenset({FINALIZED_KEY, "created", "finished", "elapsed_s", "num_devices"})
+"""Metadata keys that may differ between an interrupted run and its resumption."""

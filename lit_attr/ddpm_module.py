@@ -1,0 +1,154 @@
+"""``DDPMModule``: a LightningModule that trains a diffusers U-Net as a DDPM (Ho et al. 2020).
+
+AdamW with linear warm-up then cosine decay, EMA weights (used for sampling and attribution),
+train loss and loss per timestep bucket logged to TensorBoard. Gradient clipping is a Trainer
+flag (``--trainer.gradient_clip_val 1.0``), as usual in Lightning.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from diffusers import UNet2DModel
+from torch import Tensor
+
+from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
+from lit_attr.diffusion.sampling import SamplingResult, sample
+from lit_attr.diffusion.schedule import DiffusionSchedule
+from lit_attr.diffusion.unet import UNetConfig, build_unet
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and learning-rate schedule settings."""
+
+    lr: float = 2e-3
+    """Peak learning rate."""
+    weight_decay: float = 1e-6
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_fraction: float = 0.1
+    """Fraction of the total steps spent in linear warm-up; cosine decay to 0 afterwards."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"--model.optimizer.warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+        if self.lr <= 0:
+            raise ValueError(f"--model.optimizer.lr must be positive, got {self.lr}.")
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process (Ho et al.: linear betas 1e-4..0.02, T = 1000)."""
+
+    num_timesteps: int = 1000
+    """T, number of diffusion steps."""
+    beta_start: float = 1e-4
+    """First beta."""
+    beta_end: float = 0.02
+    """Last beta."""
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
+    """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+    warmup = max(1, int(round(warmup_fraction * total_steps)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class DDPMModule(L.LightningModule):
+    """A DDPM on a diffusers ``UNet2DModel``.
+
+    Args:
+        image_shape: (C, H, W) of the data; linked from ``data.image_shape`` by the CLI.
+        unet: U-Net architecture.
+        diffusion: forward-process schedule.
+        optimizer: AdamW and LR schedule.
+        ema_decay: EMA decay of the weights used for sampling and attribution (0 disables EMA).
+        loss_buckets: number of timestep buckets for the logged per-bucket loss.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 8, 8),
+        unet: UNetConfig | None = None,
+        diffusion: DiffusionConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        ema_decay: float = 0.999,
+        loss_buckets: int = 10,
+    ) -> None:
+        super().__init__()
+        unet, diffusion, optimizer = unet or UNetConfig(), diffusion or DiffusionConfig(), optimizer or OptimizerConfig()
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
+        self.save_hyperparameters({"image_shape": tuple(image_shape), "unet": unet, "diffusion": diffusion,
+                                   "optimizer": optimizer, "ema_decay": ema_decay, "loss_buckets": loss_buckets})
+        self.image_shape = tuple(image_shape)
+        self.optimizer_config = optimizer
+        self.ema_decay = ema_decay
+        self.loss_buckets = loss_buckets
+        self.unet = build_unet(unet, self.image_shape)
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.schedule = DiffusionSchedule(diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end)
+
+    @property
+    def attribution_unet(self) -> UNet2DModel:
+        """The weights to sample from and to attribute: the EMA copy (or the raw U-Net without EMA)."""
+        return self.ema_unet if self.ema_decay > 0 else self.unet
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """One DDPM step: uniform t, Gaussian noise, pixel-mean epsilon MSE (eq. 2, 3)."""
+        x0 = batch["image"]
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise)
+        loss = losses.mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        self._log_bucket_losses(losses.detach(), t)
+        return loss
+
+    def _log_bucket_losses(self, losses: Tensor, t: Tensor) -> None:
+        """Mean loss per timestep bucket, aggregated over each epoch (``train/loss_t{lo}-{hi}``)."""
+        width = math.ceil(self.schedule.num_timesteps / self.loss_buckets)
+        buckets = t // width
+        for bucket in buckets.unique().tolist():
+            mask = buckets == bucket
+            name = f"train_loss_by_t/{bucket * width:04d}-{min((bucket + 1) * width, self.schedule.num_timesteps) - 1:04d}"
+            self.log(name, losses[mask].mean(), on_step=False, on_epoch=True, batch_size=int(mask.sum()))
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        """EMA update with the usual warm-up ``min(decay, (1 + n) / (10 + n))``."""
+        if self.ema_decay <= 0:
+            return
+        decay = min(self.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        with torch.no_grad():
+            for ema, param in zip(self.ema_unet.parameters(), self.unet.parameters()):
+                ema.lerp_(param.detach(), 1.0 - decay)
+            for ema, buf in zip(self.ema_unet.buffers(), self.unet.buffers()):
+                ema.copy_(buf)
+
+    def configure_optimizers(self) -> dict:
+        """AdamW + per-step LambdaLR (warm-up then cosine) over ``trainer.estimated_stepping_batches``."""
+        cfg = self.optimizer_config
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, cfg.warmup_fraction))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def generate(
+        self, num_samples: int, seed: int = 0, num_steps: int | None = None, record_trajectory: bool = False
+    ) -> SamplingResult:
+        """Sample from the attribution weights (EMA); see ``lit_attr.diffusion.sampling.sample``."""
+        was_training = self.attribution_unet.training
+        self.attribution_unet.eval()
+        result = sample(unet_eps_model(self.attribution_unet), self.schedule, num_samples, self.image_shape,
+                        seed=seed, num_steps=num_steps, record_trajectory=record_trajectory, device=self.device)
+        self.attribution_unet.train(was_training)
+        return result
