@@ -15,8 +15,8 @@ class SampleGridCallback(L.Callback):
     Args:
         every_n_steps: logging period in optimizer steps (0: only at the end).
         num_samples: images per grid.
-        num_sampling_steps: sampler steps for the periodic grids (None: all T); the final grid
-            always uses the full T-step sampler.
+        num_sampling_steps: sampler steps for the periodic grids (None: all T).
+        final_num_sampling_steps: sampler steps for the final grid (None: the full T-step sampler).
         seed: sampling seed (sample i always gets the same noise).
         filename: PNG written at the end of training.
         dirpath: folder of that PNG (None: the logger's log dir, else ``default_root_dir``).
@@ -27,6 +27,7 @@ class SampleGridCallback(L.Callback):
         every_n_steps: int = 1000,
         num_samples: int = 64,
         num_sampling_steps: int | None = 100,
+        final_num_sampling_steps: int | None = None,
         seed: int = 0,
         filename: str = "samples.png",
         dirpath: str | None = None,
@@ -35,6 +36,7 @@ class SampleGridCallback(L.Callback):
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.num_sampling_steps = num_sampling_steps
+        self.final_num_sampling_steps = final_num_sampling_steps
         self.seed = seed
         self.filename = filename
 
@@ -48,7 +50,7 @@ class SampleGridCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        result = pl_module.generate(self.num_samples, seed=self.seed)
+        result = pl_module.generate(self.num_samples, seed=self.seed, num_steps=self.final_num_sampling_steps)
         log_grid(trainer.logger, "samples_final", result.images, trainer.global_step)
         out_dir = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         path = save_grid(result.images, out_dir / self.filename)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -54,6 +55,16 @@ class DiffusionConfig:
     """Last beta."""
 
 
+ConfigT = TypeVar("ConfigT")
+
+
+def as_config(value: ConfigT | dict[str, Any] | None, cls: type[ConfigT]) -> ConfigT:
+    """A config dataclass from an instance, a plain dict (as stored in checkpoints) or None (defaults)."""
+    if value is None:
+        return cls()
+    return cls(**value) if isinstance(value, dict) else value
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
     """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
     warmup = max(1, int(round(warmup_fraction * total_steps)))
@@ -78,18 +89,20 @@ class DDPMModule(L.LightningModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 8, 8),
-        unet: UNetConfig | None = None,
-        diffusion: DiffusionConfig | None = None,
-        optimizer: OptimizerConfig | None = None,
+        unet: UNetConfig | dict | None = None,
+        diffusion: DiffusionConfig | dict | None = None,
+        optimizer: OptimizerConfig | dict | None = None,
         ema_decay: float = 0.999,
         loss_buckets: int = 10,
     ) -> None:
         super().__init__()
-        unet, diffusion, optimizer = unet or UNetConfig(), diffusion or DiffusionConfig(), optimizer or OptimizerConfig()
+        unet, diffusion = as_config(unet, UNetConfig), as_config(diffusion, DiffusionConfig)
+        optimizer = as_config(optimizer, OptimizerConfig)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
-        self.save_hyperparameters({"image_shape": tuple(image_shape), "unet": unet, "diffusion": diffusion,
-                                   "optimizer": optimizer, "ema_decay": ema_decay, "loss_buckets": loss_buckets})
+        # Plain dicts, so that checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({"image_shape": list(image_shape), "unet": asdict(unet), "diffusion": asdict(diffusion),
+                                   "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets})
         self.image_shape = tuple(image_shape)
         self.optimizer_config = optimizer
         self.ema_decay = ema_decay

@@ -49,7 +49,7 @@ def load_ddpm_module(path: str | Path, map_location: str | torch.device = "cpu")
     if path.is_dir() and (path / "unet").is_dir():
         return import_pipeline(path)
     if path.is_file():
-        return DDPMModule.load_from_checkpoint(str(path), map_location=map_location, weights_only=False).eval()
+        return DDPMModule.load_from_checkpoint(str(path), map_location=map_location).eval()
     raise ConfigError(
         f"No model at {path}: pass a Lightning checkpoint (e.g. runs/digits/checkpoints/last.ckpt) "
         "or a diffusers DDPMPipeline folder containing unet/ and scheduler/."

@@ -1,0 +1,27 @@
+"""Shared helpers for tests: config copies into tmp folders, CLI subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path: Path, name: str = "train.yaml", **replacements: str) -> Path:
+    """Copy ``configs/tiny/<name>`` into ``tmp_path`` with every ``runs/tiny`` pointing into it."""
+    text = (ROOT / "configs" / "tiny" / name).read_text().replace("runs/tiny", str(tmp_path / "run"))
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run_script(*args: str, timeout: int = 600, threads: int = 1) -> subprocess.CompletedProcess:
+    """Run a repo script (``train.py``, ``attribute.py``) in a subprocess; fails the test on a non-zero exit."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc
