@@ -237,3 +237,9 @@ class AttributionDataModule(_IndexedDataModule):
         rank, world_size = self._rank_and_world_size()
         sampler = ContiguousShardSampler(len(self.dataset), rank, world_size, self._excluded_positions())
         return self._loader(sampler=sampler, shuffle=False, drop_last=False)
+
+    def curvature_dataloader(self) -> DataLoader:
+        """This rank's block of *all* examples (exclusions ignored), for the curvature pass."""
+        rank, world_size = self._rank_and_world_size()
+        sampler = ContiguousShardSampler(len(self.dataset), rank, world_size)
+        return self._loader(sampler=sampler, shuffle=False, drop_last=False)

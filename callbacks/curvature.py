@@ -1,0 +1,190 @@
+"""``KFACCallback``: K-FAC factors of the MC-Fisher (paper eq. 10, 12) in a final pass over the data.
+
+- After ``fit`` (``on_train_end``): one pass over the training data with the EMA weights; the
+  factors are all-reduced across ranks and saved next to the run (``factors_path``).
+- Before attribution (``on_predict_start`` of an ``InfluenceModule``): the factors stored for the
+  same model, data and settings are loaded; otherwise each rank accumulates over its shard of the
+  attribution data, the sums are all-reduced, rank 0 saves them, and the eigendecomposition
+  (optionally eigenvalue-corrected, EK-FAC) is handed to the module.
+
+Normalisation layers are not K-FAC'd: their parameters are held fixed by the influence
+computation (paper App. G.3).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from lit_attr.curvature.eigen import EigenvalueCorrectionAccumulator, KFACEigen, eigendecompose_factors
+from lit_attr.curvature.kfac import (
+    FisherType,
+    KFACAccumulator,
+    KFACApprox,
+    KFACFactors,
+    factors_exist,
+    iterate_ddpm_batches,
+    load_factors,
+    save_factors,
+)
+from lit_attr.curvature.layers import select_kfac_modules
+from lit_attr.diffusion.draws import DrawScheme
+from lit_attr.diffusion.loss import unet_eps_model
+from lit_attr.errors import ConfigError
+from lit_attr.fingerprints import dataset_fingerprint, model_hash
+from lit_attr.storage import metadata_differences
+
+log = logging.getLogger(__name__)
+
+
+class KFACCallback(L.Callback):
+    """Fits, all-reduces, saves and loads the K-FAC curvature.
+
+    Args:
+        num_draws: S, (timestep, noise) draws per training example (stream ``curvature``).
+        fisher_type: ``mc`` (eq. 10, default), ``empirical`` (eq. 11) or ``type-2`` (exact, D passes).
+        kfac_approx: ``expand`` (default) or ``reduce``.
+        mc_samples: MC-Fisher target draws per row.
+        eigenvalue_correction: EK-FAC (a second pass; George et al. 2018).
+        seed: seed of the draws and targets (None: the module's ``seed``, else 0).
+        draw_scheme: draw scheme (None: the module's ``draw_scheme``, else independent).
+        factors_path: where to save/load the factors (None: ``<output_dir>/factors/kfac.safetensors``
+            for attribution, ``<log_dir>/factors/kfac.safetensors`` after fit).
+        fit_after_training: run the pass at the end of ``fit``.
+        progressbar: show progress of the pass on rank 0.
+    """
+
+    def __init__(
+        self,
+        num_draws: int = 16,
+        fisher_type: Literal["mc", "empirical", "type-2"] = "mc",
+        kfac_approx: Literal["expand", "reduce"] = "expand",
+        mc_samples: int = 1,
+        eigenvalue_correction: bool = False,
+        seed: int | None = None,
+        draw_scheme: Literal["independent", "shared", "stratified"] | None = None,
+        factors_path: str | None = None,
+        fit_after_training: bool = True,
+        progressbar: bool = True,
+    ) -> None:
+        if num_draws < 1:
+            raise ConfigError(f"KFACCallback num_draws must be >= 1, got {num_draws}.")
+        self.num_draws, self.mc_samples = num_draws, mc_samples
+        self.fisher_type, self.kfac_approx = FisherType(fisher_type), KFACApprox(kfac_approx)
+        self.eigenvalue_correction = eigenvalue_correction
+        self.seed, self.draw_scheme = seed, None if draw_scheme is None else DrawScheme(draw_scheme)
+        self.factors_path = factors_path
+        self.fit_after_training, self.progressbar = fit_after_training, progressbar
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.fit_after_training:
+            return
+        path = Path(self.factors_path or Path(trainer.log_dir or trainer.default_root_dir) / "factors" / "kfac.safetensors")
+        unet = pl_module.attribution_unet
+        metadata = self.settings(seed=self.resolved_seed(pl_module), scheme=self.resolved_scheme(pl_module))
+        metadata.update(model_hash=model_hash(unet), data=dataset_fingerprint(trainer.train_dataloader.dataset))
+        self.fit(trainer, unet, pl_module.schedule, trainer.train_dataloader, metadata, path)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not getattr(pl_module, "needs_curvature", False):
+            return
+        unet = pl_module.ddpm.attribution_unet
+        metadata = {**self.settings(seed=self.resolved_seed(pl_module), scheme=self.resolved_scheme(pl_module)),
+                    **pl_module.curvature_identity()}
+        path = Path(self.factors_path or pl_module.default_factors_path)
+        eigen = self.load(path, metadata)
+        if eigen is None:
+            loader = trainer.datamodule.curvature_dataloader()
+            eigen = self.fit(trainer, unet, pl_module.ddpm.schedule, loader, metadata, path)
+        pl_module.set_curvature(eigen)
+
+    # ------------------------------------------------------------------ work
+    def settings(self, seed: int, scheme: DrawScheme) -> dict[str, Any]:
+        """The arguments that determine the factors (stored with them, compared on load)."""
+        return {"num_draws": self.num_draws, "fisher_type": self.fisher_type.value, "kfac_approx": self.kfac_approx.value,
+                "mc_samples": self.mc_samples, "eigenvalue_correction": self.eigenvalue_correction, "seed": seed,
+                "draw_scheme": scheme.value}
+
+    def resolved_seed(self, pl_module: L.LightningModule) -> int:
+        """The seed in force: this callback's, else the module's ``seed``, else 0."""
+        return self.seed if self.seed is not None else int(getattr(pl_module, "seed", 0))
+
+    def resolved_scheme(self, pl_module: L.LightningModule) -> DrawScheme:
+        """The draw scheme in force: this callback's, else the module's ``draw_scheme``, else independent."""
+        return self.draw_scheme or DrawScheme(getattr(pl_module, "draw_scheme", DrawScheme.INDEPENDENT))
+
+    def load(self, path: Path, metadata: dict[str, Any]) -> KFACEigen | None:
+        """The stored curvature if it was made with ``metadata``; None if absent or different."""
+        if not factors_exist(path):
+            return None
+        factors = load_factors(path)
+        differences = metadata_differences(factors.metadata, metadata)
+        if differences:
+            log.warning("Refitting the curvature: %s was made with other settings (%s).", path, sorted(differences))
+            return None
+        eigen = eigendecompose_factors(factors)
+        corrected_path = _corrected_path(path)
+        if self.eigenvalue_correction:
+            if not corrected_path.exists():
+                return None
+            corrected = load_file(str(corrected_path))
+            for name, layer in eigen.layers.items():
+                layer.corrected = corrected[name].to(layer.lamA.dtype)
+        log.info("Loaded K-FAC curvature from %s", path)
+        return eigen
+
+    def fit(self, trainer: L.Trainer, unet: torch.nn.Module, schedule: torch.nn.Module, loader: DataLoader,
+            metadata: dict[str, Any], path: Path) -> KFACEigen:
+        """One pass (two with EK-FAC) over ``loader`` on every rank, all-reduced; rank 0 saves to ``path``."""
+        start = time.perf_counter()
+        modules = select_kfac_modules(unet)
+        seed, scheme = metadata["seed"], DrawScheme(metadata["draw_scheme"])
+        was_training = unet.training
+        unet.eval()
+        progress = self.progressbar and trainer.is_global_zero
+        accumulator = KFACAccumulator(modules, self.fisher_type, self.kfac_approx, self.mc_samples, seed, unet)
+        iterate_ddpm_batches(accumulator, unet_eps_model(unet), schedule, loader, self.num_draws, seed, scheme,
+                             progress, "K-FAC factors")
+        _all_reduce(trainer, accumulator.state_tensors())
+        factors = accumulator.finalize()
+        eigen = eigendecompose_factors(factors)
+        if self.eigenvalue_correction:
+            corrector = EigenvalueCorrectionAccumulator(modules, eigen, self.fisher_type, self.mc_samples, seed, unet)
+            iterate_ddpm_batches(corrector, unet_eps_model(unet), schedule, loader, self.num_draws, seed, scheme,
+                                 progress, "EK-FAC eigenvalues")
+            _all_reduce(trainer, corrector.state_tensors())
+            eigen = corrector.finalize()
+        unet.train(was_training)
+        elapsed = time.perf_counter() - start
+        if trainer.is_global_zero:
+            self._save(path, factors, eigen, {**metadata, "elapsed_s": round(elapsed, 2)})
+            print(f"Fitted K-FAC curvature on {factors.num_rows} rows in {elapsed:.1f} s -> {path}")
+        trainer.strategy.barrier("kfac_saved")
+        return eigen
+
+    def _save(self, path: Path, factors: KFACFactors, eigen: KFACEigen, metadata: dict[str, Any]) -> None:
+        if self.eigenvalue_correction:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            corrected = {name: layer.corrected.contiguous().cpu() for name, layer in eigen.layers.items()}
+            save_file(corrected, str(_corrected_path(path)))
+        save_factors(path, factors, metadata)  # written last: its presence means the curvature is complete
+
+
+def _corrected_path(path: Path) -> Path:
+    return path.with_name(path.stem + "_ekfac_eigenvalues.safetensors")
+
+
+def _all_reduce(trainer: L.Trainer, tensors: dict[str, torch.Tensor]) -> None:
+    """Sum every tensor across ranks in place (no-op on one process)."""
+    if trainer.world_size <= 1:
+        return
+    for tensor in tensors.values():
+        tensor.copy_(trainer.strategy.reduce(tensor, reduce_op="sum"))

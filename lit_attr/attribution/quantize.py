@@ -1,0 +1,87 @@
+"""Compression of the (preconditioned) query gradients by quantisation (paper section 3.2, App. C).
+
+The paper stores query gradients in int8 (App. G.3): each row is scaled by its own absmax,
+``scale = max|x| / 127``, ``q = round(x / scale)`` in [-127, 127], so ``|x - q scale| <= scale / 2``
+entrywise. Scores against training gradients fold the scale in after the matmul:
+``(train @ q^T) * scale``, i.e. the queries are never dequantised as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+INT8_MAX = 127
+
+
+class QueryCompression(str, Enum):
+    """How query gradients are stored."""
+
+    INT8 = "int8"
+    FP16 = "fp16"
+    NONE = "none"
+
+
+@dataclass
+class CompressedRows:
+    """Compressed rows of a (Q, D) matrix.
+
+    Attributes:
+        values: (Q, D) int8, float16 or float32.
+        scales: (Q,) float32 per-row scales (int8 only), else None.
+        mode: the compression.
+    """
+
+    values: Tensor
+    scales: Tensor | None
+    mode: QueryCompression
+
+    @property
+    def shape(self) -> torch.Size:
+        """(Q, D)."""
+        return self.values.shape
+
+
+def compress(x: Tensor, mode: QueryCompression | str = QueryCompression.INT8) -> CompressedRows:
+    """Compress rows of ``x`` (Q, D); int8 uses a symmetric per-row absmax scale (0 rows stay 0)."""
+    mode = QueryCompression(mode)
+    if x.dim() != 2:
+        raise ValueError(f"compress expects a (Q, D) matrix, got shape {tuple(x.shape)}.")
+    if mode is QueryCompression.NONE:
+        return CompressedRows(x.float(), None, mode)
+    if mode is QueryCompression.FP16:
+        return CompressedRows(x.half(), None, mode)
+    absmax = x.detach().abs().amax(dim=1).float()
+    scales = torch.where(absmax > 0, absmax / INT8_MAX, torch.ones_like(absmax))
+    values = torch.round(x.float() / scales[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return CompressedRows(values, scales, mode)
+
+
+def decompress(compressed: CompressedRows) -> Tensor:
+    """float32 (Q, D) approximation of the original rows."""
+    values = compressed.values.float()
+    return values * compressed.scales[:, None] if compressed.scales is not None else values
+
+
+def score_against(compressed: CompressedRows, train_grads: Tensor, chunk_size: int = 2**16) -> Tensor:
+    """Inner products of training gradients with the compressed queries: (B, Q).
+
+    Args:
+        compressed: Q compressed query rows of dimension D.
+        train_grads: (B, D) training gradients (any float dtype; computed in float32).
+        chunk_size: columns of D converted at once (bounds the float32 copy of the queries).
+
+    Returns:
+        ``train_grads @ decompress(compressed)^T`` of shape (num_train, num_queries) = (B, Q).
+    """
+    if train_grads.shape[1] != compressed.shape[1]:
+        raise ValueError(f"train_grads has D={train_grads.shape[1]}, the queries D={compressed.shape[1]}.")
+    train = train_grads.float()
+    scores = train.new_zeros(train.shape[0], compressed.shape[0])
+    for start in range(0, train.shape[1], chunk_size):
+        block = compressed.values[:, start : start + chunk_size].to(train)
+        scores.addmm_(train[:, start : start + chunk_size], block.T)
+    return scores * compressed.scales.to(train)[None] if compressed.scales is not None else scores

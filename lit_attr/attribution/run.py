@@ -1,0 +1,24 @@
+"""The attribution run: score every training example (``Trainer.predict``), then write the outputs."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+from lit_attr.attribution.influence import InfluenceModule
+from lit_attr.attribution.outputs import write_attribution_outputs
+from lit_attr.data.datamodules import AttributionDataModule
+
+
+def run_attribution(trainer: L.Trainer, module: InfluenceModule, datamodule: AttributionDataModule) -> None:
+    """Curvature (``KFACCallback``), preconditioned queries, streamed scoring, report and figure."""
+    start = time.perf_counter()
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    if trainer.is_global_zero:
+        paths = write_attribution_outputs(module.output_dir, datamodule.dataset, module.queries.images,
+                                          module.top_k, trainer.logger)
+        print(f"Scored {module.store.num_train} training examples x {module.store.num_queries} queries in "
+              f"{time.perf_counter() - start:.1f} s.")
+        for kind, path in paths.items():
+            print(f"  {kind}: {path}")

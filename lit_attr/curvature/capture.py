@@ -1,0 +1,350 @@
+"""Capture layer inputs and output gradients with hooks, and the per-layer sums built from them.
+
+For a K-FAC'd layer with input ``x`` and output ``z = W a + b`` at each of its P weight-sharing
+positions (conv output pixels, attention tokens; P = 1 for a plain Linear), the *expanded* views are
+
+- inputs ``a``: (R, P, in_eff [+1]) -- unfolded conv patches (``F.unfold``) with a ones column
+  when the layer has a bias;
+- output gradients ``g = dL/dz``: (R, P, out);
+
+and the *reduce* views (Eschenhagen et al. 2023, K-FAC-reduce) are the mean of ``a`` over P and the
+sum of ``g`` over P. Everything K-FAC, EK-FAC and per-example gradients need is a contraction of
+these views; the functions below compute those contractions without materialising the expanded
+conv patches (``conv_patch_gram`` for K-FAC's A, a grouped-conv weight gradient for per-example
+gradients); ``expanded_inputs`` is the plain ``F.unfold`` view, kept for clarity and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache, partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_attr.curvature.layers import conv_output_size, conv_padding, has_bias
+from lit_attr.errors import ConfigError, UnsupportedLayerError
+
+
+@contextmanager
+def grad_enabled() -> Iterator[None]:
+    """Autograd on, even inside ``torch.no_grad`` / ``torch.inference_mode`` (Lightning's eval loops).
+
+    Tensors created in inference mode cannot be saved for backward: build the model input inside
+    this context (``KFACAccumulator.update_ddpm`` does).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+class LayerCapture:
+    """Context manager that records each layer's input and the gradient w.r.t. its output.
+
+    Forward hooks store the (detached) input of every module in ``modules`` and put a tensor hook
+    on its output, so any backward pass -- ``capture.backward(...)`` or the caller's own
+    ``loss.backward()`` -- fills ``grad_outputs``. Each module must run once per forward.
+
+    With ``param_grads=False`` the parameters of ``model`` (or of ``modules``) have
+    ``requires_grad`` switched off for the duration, so the backward computes no weight gradients;
+    a layer whose output would then not require grad gets its output turned into a graph leaf, so
+    gradients still reach every layer. The flags are restored on exit.
+
+    Args:
+        modules: layers to capture, by name (see ``select_kfac_modules``).
+        model: whose parameter flags to switch off; defaults to the parameters of ``modules``.
+        param_grads: keep parameter gradients on (True) or skip them (False).
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], model: nn.Module | None = None, param_grads: bool = True) -> None:
+        self.modules = modules
+        self.model = model
+        self.param_grads = param_grads
+        self.inputs: dict[str, Tensor] = {}
+        self.outputs: dict[str, Tensor] = {}
+        self.grad_outputs: dict[str, Tensor] = {}
+        self._handles: list = []
+        self._flags: list[tuple[nn.Parameter, bool]] = []
+
+    def __enter__(self) -> LayerCapture:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(partial(self._forward_hook, name), with_kwargs=True))
+        if not self.param_grads:
+            owner = self.model if self.model is not None else nn.ModuleList(self.modules.values())
+            self._flags = [(p, p.requires_grad) for p in owner.parameters()]
+            for param, _ in self._flags:
+                param.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for param, flag in self._flags:
+            param.requires_grad_(flag)
+        self._handles, self._flags = [], []
+
+    def clear(self) -> None:
+        """Forget captured tensors (call between forward passes)."""
+        self.inputs, self.outputs, self.grad_outputs = {}, {}, {}
+
+    def check_all_ran(self) -> None:
+        """Raise ``ConfigError`` naming the layers that did not run in the last forward pass."""
+        missing = [name for name in self.modules if name not in self.inputs]
+        if missing:
+            raise ConfigError(
+                f"Layers {missing} did not run in the forward pass, so they have no curvature or gradient; "
+                "leave them out of `modules` (e.g. filter the dict from select_kfac_modules)."
+            )
+
+    def _forward_hook(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> Tensor | None:
+        if name in self.inputs:
+            raise UnsupportedLayerError(
+                f"Layer {name!r} ran twice in one forward pass; shared (re-used) layers are not supported. "
+                "Call capture.clear() between forward passes."
+            )
+        self.inputs[name] = (args[0] if args else kwargs["input"]).detach()
+        if not torch.is_grad_enabled():
+            return None
+        replaced = not output.requires_grad
+        if replaced:  # no parameter or upstream tensor requires grad: start the graph here
+            output = output.detach().requires_grad_().clone()
+        output.register_hook(partial(self._store_grad, name))
+        self.outputs[name] = output
+        return output if replaced else None
+
+    def _store_grad(self, name: str, grad: Tensor) -> None:
+        self.grad_outputs[name] = grad.detach()
+
+    def backward(self, output: Tensor, grad_output: Tensor, retain_graph: bool = False) -> dict[str, Tensor]:
+        """Backpropagate ``grad_output`` from ``output`` to the layer outputs only (no ``.grad``).
+
+        Args:
+            output: the model output, e.g. (R, C, H, W).
+            grad_output: vector to backpropagate, same shape as ``output``.
+            retain_graph: keep the graph for another pass.
+
+        Returns:
+            ``grad_outputs``: name -> dL/dz of the layer output's shape (zeros for unused layers).
+        """
+        names = list(self.outputs)
+        grads = torch.autograd.grad(
+            output, [self.outputs[n] for n in names], grad_output, retain_graph=retain_graph, allow_unused=True
+        )
+        for name, grad in zip(names, grads):
+            self.grad_outputs[name] = torch.zeros_like(self.outputs[name]) if grad is None else grad
+        return self.grad_outputs
+
+
+# ---------------------------------------------------------------------------- expanded / reduced views
+
+
+def expanded_inputs(module: nn.Module, x: Tensor, append_ones: bool | None = None) -> Tensor:
+    """Layer inputs per position: (R, P, in_eff [+1]); conv patches via ``F.unfold``.
+
+    Args:
+        module: a Linear or Conv2d.
+        x: its input, (R, ..., in) for Linear, (R, C_in, H, W) for Conv2d.
+        append_ones: append the bias column of ones (default: iff the layer has a bias).
+    """
+    if isinstance(module, nn.Conv2d):
+        patches = F.unfold(x, module.kernel_size, module.dilation, conv_padding(module), module.stride)
+        a = patches.transpose(1, 2)
+    else:
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+    if has_bias(module) if append_ones is None else append_ones:
+        a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
+    return a
+
+
+def expanded_grad_outputs(module: nn.Module, g: Tensor) -> Tensor:
+    """Gradients w.r.t. the layer output per position: (R, P, out)."""
+    if isinstance(module, nn.Conv2d):
+        return g.flatten(2).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+def reduced_inputs(module: nn.Module, x: Tensor) -> Tensor:
+    """K-FAC-reduce inputs: the mean of the expanded inputs over positions, (R, in_eff [+1])."""
+    if isinstance(module, nn.Conv2d):
+        plan = _conv_plan_for(module, x)
+        sums = x.flatten(2) @ plan.tap_windows.to(x).T  # (R, C, kk): window sum per tap
+        a = (sums / plan.num_positions).flatten(1)
+    else:
+        a = x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)
+    return torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1) if has_bias(module) else a
+
+
+def reduced_grad_outputs(module: nn.Module, g: Tensor) -> Tensor:
+    """K-FAC-reduce output gradients: the sum over positions, (R, out)."""
+    return expanded_grad_outputs(module, g).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------- covariance sums
+
+
+def input_covariance_sum(module: nn.Module, x: Tensor, reduce: bool = False) -> tuple[Tensor, int]:
+    """Sum of ``a a^T`` over rows (and positions, unless ``reduce``), and the number of terms.
+
+    Expand: ``sum_{r,p} a_rp a_rp^T`` over (R P) terms; reduce: ``sum_r abar_r abar_r^T`` over R.
+    For Conv2d (expand) this is computed without unfolding, see ``conv_patch_gram``.
+
+    Returns:
+        ``(sum of shape (in_eff [+1], in_eff [+1]), number of terms)``.
+    """
+    if reduce:
+        a = reduced_inputs(module, x)
+        return a.T @ a, a.shape[0]
+    if isinstance(module, nn.Conv2d):
+        plan = _conv_plan_for(module, x)
+        gram = conv_patch_gram(module, x, plan)
+        col = (x.sum(dim=0).flatten(1) @ plan.tap_windows.to(x).T).flatten()  # sum_{r,p} a_rp, (C kk,)
+        count = x.shape[0] * plan.num_positions
+    else:
+        flat = x.reshape(-1, x.shape[-1])
+        gram, col, count = flat.T @ flat, flat.sum(dim=0), flat.shape[0]
+    if not has_bias(module):
+        return gram, count
+    corner = col.new_full((1, 1), float(count))
+    return torch.cat([torch.cat([gram, col[:, None]], 1), torch.cat([col[None], corner], 1)], 0), count
+
+
+def grad_covariance_sum(module: nn.Module, g: Tensor, reduce: bool = False) -> Tensor:
+    """``sum_{r,p} g_rp g_rp^T`` (expand) or ``sum_r (sum_p g_rp)(sum_p g_rp)^T`` (reduce), (out, out)."""
+    if reduce:
+        s = reduced_grad_outputs(module, g)
+        return s.T @ s
+    if isinstance(module, nn.Conv2d):
+        flat = g.transpose(0, 1).reshape(g.shape[1], -1)
+        return flat @ flat.T
+    flat = g.reshape(-1, g.shape[-1])
+    return flat.T @ flat
+
+
+class _ConvPlan:
+    """Index bookkeeping of ``conv_patch_gram`` for one conv geometry and input size.
+
+    ``tap_windows`` (kk, H W): indicator of the input pixels tap t reads over all output positions.
+    ``shifts``: per canonical displacement (one of each pair +-delta) between two taps, the flat
+    shift, the valid range [q0, q1) of flat input pixels q, the tap pairs (t1, t2) with that
+    displacement, and masks (pairs, q1 - q0) selecting the q that tap t1 reads while tap t2 reads
+    ``q + shift`` inside the image.
+    """
+
+    def __init__(self, kernel, stride, dilation, padding, height: int, width: int, out_size) -> None:
+        self.num_positions = out_size[0] * out_size[1]
+        taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+        q = torch.arange(height * width)
+        qy, qx = q // width, q % width
+
+        def reads(tap: tuple[int, int], qy: Tensor, qx: Tensor) -> Tensor:
+            ok = torch.ones_like(qy, dtype=torch.bool)
+            for coord, t, s, d, p, n in zip((qy, qx), tap, stride, dilation, padding, out_size):
+                o = coord - (t * d - p)
+                ok &= (o >= 0) & (o % s == 0) & (o < s * n)
+            return ok
+
+        self.tap_windows = torch.stack([reads(t, qy, qx) for t in taps]).double()
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i1, t1 in enumerate(taps):
+            for i2, t2 in enumerate(taps):
+                dy, dx = (t2[0] - t1[0]) * dilation[0], (t2[1] - t1[1]) * dilation[1]
+                if dy > 0 or (dy == 0 and dx >= 0):
+                    groups.setdefault((dy, dx), []).append((i1, i2))
+        self.shifts = []
+        for (dy, dx), pairs in groups.items():
+            shift = dy * width + dx
+            q0, q1 = max(0, -shift), min(height * width, height * width - shift)
+            if q1 <= q0:
+                continue
+            sy, sx = qy[q0:q1], qx[q0:q1]
+            inside = (sx + dx >= 0) & (sx + dx < width)
+            masks = torch.stack([inside & reads(taps[i1], sy, sx) for i1, _ in pairs]).double()
+            if masks.any():
+                self.shifts.append((shift, q0, q1, pairs, masks))
+
+
+@lru_cache(maxsize=256)
+def _cached_plan(kernel, stride, dilation, padding, height, width, out_size) -> _ConvPlan:
+    return _ConvPlan(kernel, stride, dilation, padding, height, width, out_size)
+
+
+def _conv_plan_for(module: nn.Conv2d, x: Tensor) -> _ConvPlan:
+    height, width = x.shape[-2:]
+    out_size = conv_output_size(module, height, width)
+    geometry = (tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation), conv_padding(module))
+    return _cached_plan(*geometry, height, width, out_size)
+
+
+def conv_patch_gram(module: nn.Conv2d, x: Tensor, plan: _ConvPlan | None = None) -> Tensor:
+    """``sum_{r,p} u_rp u_rp^T`` of the unfolded patches u (no bias column), (C kk, C kk).
+
+    Entry ``[(c, t1), (c', t2)] = sum_r sum_o x[r, c, o + t1] x[r, c', o + t2]`` depends on the
+    taps only through the window of t1 and the displacement ``t2 - t1``. So, per displacement
+    delta, compute once the per-pixel products ``M[q] = sum_r x[:, q] x[:, q + delta]^T`` (one
+    batched matmul over pixels) and sum M over each tap's window (one small matmul with masks).
+    This costs about ``#displacements / 2`` instead of ``kk^2`` image-sized Gram matrices (13 vs 81
+    for 3x3), and the pairs ``-delta`` are transposes. Exact; no patches are materialised.
+    """
+    plan = _conv_plan_for(module, x) if plan is None else plan
+    num_rows, channels, height, width = x.shape
+    kk = module.kernel_size[0] * module.kernel_size[1]
+    if kk == 1 and module.stride == (1, 1) and conv_padding(module) == (0, 0):
+        flat = x.transpose(0, 1).reshape(channels, -1)
+        return flat @ flat.T
+    pixels = x.permute(2, 3, 0, 1).reshape(height * width, num_rows, channels).contiguous()
+    blocks = x.new_zeros(kk, kk, channels, channels)
+    for shift, q0, q1, pairs, masks in plan.shifts:
+        products = torch.bmm(pixels[q0:q1].transpose(1, 2), pixels[q0 + shift : q1 + shift])
+        sums = (masks.to(x) @ products.view(q1 - q0, -1)).view(-1, channels, channels)
+        for (t1, t2), block in zip(pairs, sums):
+            blocks[t1, t2] = block
+            if t1 != t2:
+                blocks[t2, t1] = block.T
+    return blocks.permute(2, 0, 3, 1).reshape(channels * kk, channels * kk)
+
+
+# ---------------------------------------------------------------------------- per-group gradients
+
+
+def grouped_gradients(module: nn.Module, x: Tensor, g: Tensor, group_size: int = 1) -> Tensor:
+    """Gradient matrices summed over groups of consecutive rows: (R / group_size, out, in_eff [+1]).
+
+    Row r's gradient is ``sum_p g_rp a_rp^T`` (bias column: ``sum_p g_rp``); rows are summed in
+    example-major groups (row ``b S + s`` belongs to group b). ``group_size=1`` gives per-row
+    gradients (EK-FAC), ``group_size=S`` per-example gradients over S draws.
+
+    Linear: one batched matmul over the (groups, S P, .) views. Conv2d: the weight gradient of a
+    grouped convolution with one group per example and the S draws as its batch, i.e. the
+    framework's own (im2col-free) weight-gradient kernel, which sums over draws and positions.
+
+    Args:
+        module: a Linear or Conv2d.
+        x: captured input, (R, ...).
+        g: gradient w.r.t. the output, (R, ...).
+        group_size: rows per group; must divide R.
+    """
+    if x.shape[0] % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the number of rows {x.shape[0]}.")
+    groups = x.shape[0] // group_size
+    if isinstance(module, nn.Conv2d):
+        weight = _conv_grouped_weight(module, x, g, group_size)
+        bias = g.reshape(groups, group_size, g.shape[1], -1).sum(dim=(1, 3))
+    else:
+        a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
+        weight, bias = torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1)
+    return torch.cat([weight, bias.unsqueeze(2)], dim=2) if has_bias(module) else weight
+
+
+def _conv_grouped_weight(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: int) -> Tensor:
+    """(groups, out, C_in kh kw): per-group weight gradients via a grouped-conv weight gradient."""
+    groups, channels, out = x.shape[0] // group_size, x.shape[1], g.shape[1]
+
+    def draws_as_batch(t: Tensor) -> Tensor:  # (groups S, C, H, W) -> (S, groups C, H, W)
+        return t.reshape(groups, group_size, *t.shape[1:]).transpose(0, 1).reshape(group_size, -1, *t.shape[2:])
+
+    weight = torch.nn.grad.conv2d_weight(
+        draws_as_batch(x), (groups * out, channels, *module.kernel_size), draws_as_batch(g),
+        module.stride, conv_padding(module), module.dilation, groups=groups,
+    )
+    return weight.view(groups, out, -1)

@@ -1,0 +1,422 @@
+"""K-FAC factors of the GGN of the mean DDPM training loss (paper section 3.1, eqs. 9-12).
+
+Rows. A *row* is one draw ``(x0, t, eps)`` of one example; an accumulator sees R = N S rows
+(N examples, S draws each, example-major: row ``b S + s`` is draw s of example b). With the loss
+convention of ``lit_attr.diffusion.loss`` (one draw's loss is the pixel mean
+``l = ||eps - f||^2 / D``, D = C H W), the Hessian of l w.r.t. the model output f is ``(2/D) I``
+and the GGN of the mean loss over rows is
+
+    GGN = (1/R) sum_rows J^T (2/D) J,    J = d f / d theta              (eq. 9 / 17)
+
+Per layer, with inputs ``a`` and output gradients ``g`` at each of its P weight-sharing positions
+(see ``capture``), K-FAC approximates the layer's block by ``kron(G, A)`` (row-major layout of the
+``(out, in+1)`` gradient matrix; the paper writes ``A (x) G`` for column-major vec), eq. 12:
+
+- expand (default; Grosse & Martens 2016, Eschenhagen et al. 2023):
+  ``A = 1/(R P) sum_{r,p} a a^T``,  ``G = 1/R sum_{r,p} E[g g^T]``;
+- reduce: ``A = 1/R sum_r abar abar^T`` (abar = mean_p a),  ``G = 1/R sum_r E[(sum_p g)(sum_p g)^T]``;
+
+where g is backpropagated from a vector v at the output with ``E[v v^T] = (2/D) I``:
+
+- ``FisherType.MC`` (eq. 10): ``v = sqrt(2/D) xi``, ``xi ~ N(0, I)``. This is ``-dl/df`` for a
+  target ``y ~ N(f, (D/2) I)``: the pixel-mean loss is the negative log-likelihood of that
+  Gaussian (``||y - f||^2 / (2 sigma^2)`` with ``sigma^2 = D/2``), ``dl/df = 2 (f - y) / D =
+  -(2/D) sqrt(D/2) xi``, and ``E[v v^T] = (4/D^2)(D/2) I = (2/D) I``, the Hessian above.
+- ``FisherType.TYPE2``: exact, D backward passes with ``v = sqrt(2/D) e_d``.
+- ``FisherType.EMPIRICAL`` (eq. 11): ``v = dl/df = (2/D)(f - eps)`` with the true noise.
+
+For one row and P = 1, ``kron(G, A)`` equals that row's exact GGN block (type-2); for deep linear
+networks expand is exact for any number of rows.
+
+Relation to curvlinops 3.0.1 (tested): ``KFACLinearOperator(model_func=lambda X:
+eps_model(X).flatten(1), loss_func=MSELoss(reduction="mean"), data=rows, num_data=R,
+num_per_example_loss_terms=1, separate_weight_and_bias=False, kfac_approx=...)`` gives the same A
+and, for type-2 and MC, the same G (MC: same law). Its empirical G is ``D`` times ours: curvlinops
+rescales mean-reduced MSE by ``sqrt(D)`` (``v = 2 (f - y) / sqrt(D)``). The output must be flattened
+to (R, D): for a 4-D output curvlinops treats C H as separate loss terms sharing one backward pass,
+which is not the type-2 GGN of the pixel-mean loss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lit_attr.curvature.capture import LayerCapture, grad_covariance_sum, grad_enabled, input_covariance_sum
+from lit_attr.curvature.layers import gradient_matrix_shape
+from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
+from lit_attr.diffusion.loss import EpsModel, expand_draws
+from lit_attr.diffusion.schedule import DiffusionSchedule
+from lit_attr.errors import ConfigError
+from lit_attr.seeding import generator_for
+
+log = logging.getLogger(__name__)
+
+CURVATURE_STREAM = "curvature"
+"""Stream of the (timestep, noise) draws used for the curvature."""
+MC_TARGET_STREAM = "mc_targets"
+"""Stream of the MC-Fisher target noise xi."""
+
+
+class FisherType(str, Enum):
+    """Which GGN estimate K-FAC approximates (see the module docstring)."""
+
+    MC = "mc"
+    EMPIRICAL = "empirical"
+    TYPE2 = "type-2"
+
+
+class KFACApprox(str, Enum):
+    """K-FAC variant for weight-sharing layers (Eschenhagen et al. 2023)."""
+
+    EXPAND = "expand"
+    REDUCE = "reduce"
+
+
+@dataclass
+class KFACFactors:
+    """Kronecker factors per layer; the block of layer ``name`` is ``kron(G, A)``.
+
+    Attributes:
+        factors: name -> (A of shape (in_eff [+1], in_eff [+1]), G of shape (out, out)).
+        num_rows: R, the number of rows (example draws) the factors average over.
+        fisher_type: how G was estimated.
+        kfac_approx: expand or reduce.
+        mc_samples: MC target draws per row (1 unless MC).
+        metadata: free-form run information stored with the factors.
+    """
+
+    factors: dict[str, tuple[Tensor, Tensor]]
+    num_rows: int
+    fisher_type: FisherType = FisherType.MC
+    kfac_approx: KFACApprox = KFACApprox.EXPAND
+    mc_samples: int = 1
+    metadata: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- backpropagated vectors
+
+
+def num_backprop_vectors(fisher_type: FisherType | str, output_dim: int, mc_samples: int = 1) -> int:
+    """Backward passes per batch: D (type-2), ``mc_samples`` (MC) or 1 (empirical)."""
+    fisher_type = FisherType(fisher_type)
+    return {FisherType.TYPE2: output_dim, FisherType.MC: mc_samples, FisherType.EMPIRICAL: 1}[fisher_type]
+
+
+def mc_target_noise(
+    example_indices: Tensor, rows_per_example: int, mc_samples: int, sample_shape: tuple[int, ...], seed: int,
+    stream: str = MC_TARGET_STREAM, dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Per-example seeded ``xi ~ N(0, I)``: shape (mc_samples, R, *sample_shape).
+
+    Example i draws (S, mc_samples, *sample_shape) in float32 from ``generator_for(seed, i, stream)``,
+    so the targets of a row depend neither on the batch it is in nor on the model's dtype.
+    """
+    shape = (rows_per_example, mc_samples, *sample_shape)
+    draws = [torch.randn(shape, generator=generator_for(seed, int(i), stream)) for i in example_indices.tolist()]
+    return torch.stack(draws).flatten(0, 1).transpose(0, 1).to(dtype)
+
+
+def backprop_vectors(
+    fisher_type: FisherType | str, output: Tensor, example_indices: Tensor, targets: Tensor | None = None,
+    mc_samples: int = 1, seed: int = 0, stream: str = MC_TARGET_STREAM,
+) -> Iterator[Tensor]:
+    """The vectors v backpropagated from the output, each of the output's shape (R, ...).
+
+    ``E[v v^T] = (2/D) I`` (MC, type-2) or ``v = (2/D)(f - eps)`` (empirical); module docstring.
+    """
+    fisher_type = FisherType(fisher_type)
+    num_rows, dim = output.shape[0], output[0].numel()
+    scale = math.sqrt(2.0 / dim)
+    if fisher_type is FisherType.TYPE2:
+        for d in range(dim):
+            v = output.new_zeros(num_rows, dim)
+            v[:, d] = scale
+            yield v.view_as(output)
+    elif fisher_type is FisherType.MC:
+        rows_per_example = _rows_per_example(num_rows, example_indices)
+        sample_shape = tuple(output.shape[1:])
+        xi = mc_target_noise(example_indices, rows_per_example, mc_samples, sample_shape, seed, stream, output.dtype)
+        for m in range(mc_samples):
+            yield scale * xi[m].to(output.device)
+    else:
+        if targets is None:
+            raise ConfigError("fisher_type='empirical' needs the true noise: pass targets=(R, C, H, W).")
+        yield (2.0 / dim) * (output.detach() - targets.to(output))
+
+
+def _rows_per_example(num_rows: int, example_indices: Tensor) -> int:
+    if num_rows % len(example_indices):
+        raise ConfigError(f"{num_rows} rows cannot be split evenly over {len(example_indices)} example indices.")
+    return num_rows // len(example_indices)
+
+
+# ---------------------------------------------------------------------------- accumulation
+
+
+class RowPassAccumulator:
+    """Base of the accumulators: one forward over a batch of rows, then the backward passes.
+
+    Subclasses implement ``_add_inputs(inputs)`` (called once per batch with the captured layer
+    inputs) and ``_add_grads(inputs, grad_outputs)`` (called after each backward pass).
+
+    Args:
+        modules: K-FAC'd layers by name (``select_kfac_modules``).
+        fisher_type: ``mc``, ``empirical`` or ``type-2``.
+        mc_samples: MC target draws per row.
+        seed: seed of the MC targets.
+        stream: stream of the MC targets.
+        model: the module owning ``modules`` (its parameter gradients are switched off while
+            accumulating); defaults to the layers themselves.
+    """
+
+    def __init__(
+        self, modules: dict[str, nn.Module], fisher_type: FisherType | str = FisherType.MC, mc_samples: int = 1,
+        seed: int = 0, stream: str = MC_TARGET_STREAM, model: nn.Module | None = None,
+    ) -> None:
+        if mc_samples < 1:
+            raise ConfigError(f"mc_samples must be >= 1, got {mc_samples}.")
+        self.modules, self.model = modules, model
+        self.fisher_type, self.mc_samples = FisherType(fisher_type), mc_samples
+        self.seed, self.stream = seed, stream
+        weight = next(iter(modules.values())).weight
+        self.num_rows = torch.zeros((), dtype=torch.float64, device=weight.device)
+
+    def update(self, forward_fn: Callable[[], Tensor], example_indices: Tensor, targets: Tensor | None = None) -> None:
+        """Add one batch of rows.
+
+        Args:
+            forward_fn: runs the model on the batch's R = B S rows (example-major) and returns its
+                output f, (R, C, H, W) or (R, D); called once, with autograd on, inside the capture.
+            example_indices: (B,) stable dataset indices; rows ``b S ... b S + S - 1`` are draws of
+                ``example_indices[b]`` (seeds the MC targets).
+            targets: (R, ...) the true noise eps of each row; needed for the empirical Fisher.
+        """
+        with grad_enabled(), LayerCapture(self.modules, self.model, param_grads=False) as capture:
+            output = forward_fn()
+            capture.check_all_ran()
+            self._add_inputs(capture.inputs)
+            vectors = backprop_vectors(
+                self.fisher_type, output, example_indices, targets, self.mc_samples, self.seed, self.stream
+            )
+            passes = num_backprop_vectors(self.fisher_type, output[0].numel(), self.mc_samples)
+            for i, v in enumerate(vectors):
+                self._add_grads(capture.inputs, capture.backward(output, v, retain_graph=i < passes - 1))
+        self.num_rows += output.shape[0]
+
+    def update_ddpm(
+        self, eps_model: EpsModel, schedule: DiffusionSchedule, x0: Tensor, timesteps: Tensor, noise: Tensor,
+        example_indices: Tensor,
+    ) -> None:
+        """``update`` for the DDPM loss: the rows are ``(x_t, t)`` with ``x_t = q_sample(x0, t, eps)``.
+
+        Args:
+            eps_model: ``eps_model(x_t, t) -> eps_hat``.
+            schedule: the forward process.
+            x0: images (B, C, H, W).
+            timesteps: (B, S) draws (``lit_attr.diffusion.draws``).
+            noise: (B, S, C, H, W) draws; also the empirical Fisher's targets.
+            example_indices: (B,) stable dataset indices.
+        """
+        timesteps, noise = timesteps.to(x0.device), noise.to(x0)
+
+        def forward_fn() -> Tensor:
+            x0_rows, t_rows, noise_rows = expand_draws(x0.clone(), timesteps.clone(), noise.clone())
+            return eps_model(schedule.q_sample(x0_rows, t_rows, noise_rows), t_rows)
+
+        self.update(forward_fn, example_indices, targets=noise.reshape(-1, *noise.shape[2:]))
+
+    def _add_inputs(self, inputs: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+    def _add_grads(self, inputs: dict[str, Tensor], grad_outputs: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+    def _pass_normaliser(self) -> float:
+        """R times the number of independent target draws per row (MC); type-2 sums its D passes."""
+        if self.num_rows.item() == 0:
+            raise ValueError("No rows were accumulated; call update() before finalize().")
+        return self.num_rows.item() * (self.mc_samples if self.fisher_type is FisherType.MC else 1)
+
+
+class KFACAccumulator(RowPassAccumulator):
+    """Accumulates raw K-FAC sums one batch at a time; ``finalize()`` gives ``KFACFactors``.
+
+    Usable from inside a Lightning loop: call ``update`` / ``update_ddpm`` per batch; under DDP,
+    ``all_reduce`` (sum) every tensor of ``state_tensors()`` in place before ``finalize()``: the raw
+    sums and counts add exactly across ranks. Run the plain (unwrapped) network in eval mode (no
+    dropout); the accumulator switches parameter gradients off and autograd on by itself.
+
+    Args:
+        modules: K-FAC'd layers by name.
+        fisher_type: see ``FisherType``.
+        kfac_approx: see ``KFACApprox``.
+        mc_samples: MC target draws per row.
+        seed: seed of the MC targets (stream ``mc_targets``).
+        model: owner of ``modules`` (parameter gradients are switched off while accumulating).
+        sum_dtype: dtype of the running sums.
+    """
+
+    def __init__(
+        self, modules: dict[str, nn.Module], fisher_type: FisherType | str = FisherType.MC,
+        kfac_approx: KFACApprox | str = KFACApprox.EXPAND, mc_samples: int = 1, seed: int = 0,
+        model: nn.Module | None = None, sum_dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__(modules, fisher_type, mc_samples, seed, MC_TARGET_STREAM, model)
+        self.kfac_approx = KFACApprox(kfac_approx)
+        self.sums: dict[str, dict[str, Tensor]] = {}
+        for name, module in modules.items():
+            out, cols = gradient_matrix_shape(module)
+            like = dict(dtype=sum_dtype, device=module.weight.device)
+            self.sums[name] = {
+                "A_sum": torch.zeros(cols, cols, **like), "G_sum": torch.zeros(out, out, **like),
+                "A_count": torch.zeros((), **like),
+            }
+
+    def _add_inputs(self, inputs: dict[str, Tensor]) -> None:
+        reduce = self.kfac_approx is KFACApprox.REDUCE
+        for name, module in self.modules.items():
+            a_sum, count = input_covariance_sum(module, _at_least_fp32(inputs[name]), reduce)
+            self.sums[name]["A_sum"] += a_sum
+            self.sums[name]["A_count"] += count
+
+    def _add_grads(self, inputs: dict[str, Tensor], grad_outputs: dict[str, Tensor]) -> None:
+        reduce = self.kfac_approx is KFACApprox.REDUCE
+        for name, module in self.modules.items():
+            self.sums[name]["G_sum"] += grad_covariance_sum(module, _at_least_fp32(grad_outputs[name]), reduce)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The raw sums and counts (views, not copies), to be summed across ranks in place."""
+        state = {f"{name}.{key}": value for name, sums in self.sums.items() for key, value in sums.items()}
+        state["num_rows"] = self.num_rows
+        return state
+
+    def finalize(self, dtype: torch.dtype = torch.float64) -> KFACFactors:
+        """``A = A_sum / A_count`` and ``G = G_sum / (R mc_samples)`` per layer (eq. 12)."""
+        normaliser = self._pass_normaliser()
+        factors = {
+            name: ((s["A_sum"] / s["A_count"]).to(dtype), (s["G_sum"] / normaliser).to(dtype))
+            for name, s in self.sums.items()
+        }
+        return KFACFactors(factors, int(self.num_rows.item()), self.fisher_type, self.kfac_approx, self.mc_samples)
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def iterate_ddpm_batches(
+    accumulator: RowPassAccumulator, eps_model: EpsModel, schedule: DiffusionSchedule, batches: Iterable[dict],
+    num_draws: int, seed: int = 0, draw_scheme: DrawScheme | str = DrawScheme.INDEPENDENT, progressbar: bool = False,
+    desc: str = "Curvature",
+) -> None:
+    """Feed ``{"index": (B,), "image": (B, C, H, W)}`` batches to an accumulator.
+
+    Each example gets ``num_draws`` seeded (timestep, noise) draws (stream ``curvature``); images are
+    moved to the device and dtype of the accumulator's layers.
+    """
+    weight = next(iter(accumulator.modules.values())).weight
+    for batch in tqdm(batches, desc=desc, disable=not progressbar):
+        x0 = batch["image"].to(weight.device, weight.dtype)
+        timesteps, noise = draw_for_batch(
+            batch["index"], num_draws, tuple(x0.shape[1:]), schedule.num_timesteps, seed, CURVATURE_STREAM, draw_scheme
+        )
+        accumulator.update_ddpm(eps_model, schedule, x0, timesteps, noise, batch["index"])
+
+
+def fit_kfac_factors(
+    eps_model: EpsModel, schedule: DiffusionSchedule, modules: dict[str, nn.Module], batches: Iterable[dict],
+    num_draws: int, seed: int = 0, draw_scheme: DrawScheme | str = DrawScheme.INDEPENDENT,
+    fisher_type: FisherType | str = FisherType.MC, kfac_approx: KFACApprox | str = KFACApprox.EXPAND,
+    mc_samples: int = 1, model: nn.Module | None = None, progressbar: bool = False,
+) -> KFACFactors:
+    """K-FAC factors (eq. 12) of the GGN of the mean loss over a dataset, S = ``num_draws`` per example.
+
+    Args:
+        eps_model: ``eps_model(x_t, t) -> eps_hat``.
+        schedule: the forward process.
+        modules: K-FAC'd layers by name.
+        batches: iterable of ``{"index": LongTensor (B,), "image": (B, C, H, W)}``.
+        num_draws: S, (timestep, noise) draws per example (stream ``curvature``).
+        seed: seed of the draws and of the MC targets.
+        draw_scheme: see ``DrawScheme``.
+        fisher_type: see ``FisherType``.
+        kfac_approx: see ``KFACApprox``.
+        mc_samples: MC target draws per row.
+        model: owner of ``modules`` (for switching parameter gradients off).
+        progressbar: show a progress bar.
+
+    Returns:
+        The factors, float64.
+    """
+    start = time.perf_counter()
+    accumulator = KFACAccumulator(modules, fisher_type, kfac_approx, mc_samples, seed, model)
+    iterate_ddpm_batches(
+        accumulator, eps_model, schedule, batches, num_draws, seed, draw_scheme, progressbar, "K-FAC factors"
+    )
+    factors = accumulator.finalize()
+    log.info("Fitted K-FAC factors on %d rows in %.1f s", factors.num_rows, time.perf_counter() - start)
+    return factors
+
+
+# ---------------------------------------------------------------------------- storage
+
+FACTORS_KEY = "lit_attr_factors"
+METADATA_KEY = "metadata"
+
+
+def factors_path(output_dir: str | Path, name: str = "kfac") -> Path:
+    """Where the factors of a run live: ``output_dir/factors/{name}.safetensors``."""
+    return Path(output_dir) / "factors" / f"{name}.safetensors"
+
+
+def factors_exist(path: str | Path) -> bool:
+    """Whether complete factors were saved at ``path`` (files are written atomically)."""
+    return Path(path).is_file()
+
+
+def save_factors(path: str | Path, factors: KFACFactors, metadata: dict | None = None) -> None:
+    """Save factors as safetensors (keys ``{name}/A``, ``{name}/G``) with JSON metadata.
+
+    The file is written to a temporary name first and then renamed, so a killed run never leaves
+    a partial file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, (a, g) in factors.factors.items():
+        tensors[f"{name}/A"], tensors[f"{name}/G"] = a.detach().cpu().contiguous(), g.detach().cpu().contiguous()
+    info = {
+        "names": list(factors.factors), "num_rows": factors.num_rows, "fisher_type": factors.fisher_type.value,
+        "kfac_approx": factors.kfac_approx.value, "mc_samples": factors.mc_samples,
+    }
+    extra = metadata if metadata is not None else factors.metadata
+    meta = {FACTORS_KEY: json.dumps(info), METADATA_KEY: json.dumps(extra)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_factors(path: str | Path, device: str | torch.device = "cpu") -> KFACFactors:
+    """Load factors written by ``save_factors``; their metadata dict is in ``.metadata``."""
+    with safe_open(str(path), framework="pt", device=str(device)) as handle:
+        meta = handle.metadata()
+        info = json.loads(meta[FACTORS_KEY])
+        factors = {name: (handle.get_tensor(f"{name}/A"), handle.get_tensor(f"{name}/G")) for name in info["names"]}
+    return KFACFactors(
+        factors, info["num_rows"], FisherType(info["fisher_type"]), KFACApprox(info["kfac_approx"]),
+        info["mc_samples"], json.loads(meta[METADATA_KEY]),
+    )

@@ -1,0 +1,386 @@
+"""LDS subsets and the layout of the retraining campaign behind the LDS benchmark.
+
+Mlodozeniec et al., "Influence Functions for Scalable Data Attribution in Diffusion Models",
+section 4 (eq. 13) and App. G.5-G.7, after Park et al. (2023), TRAK: M random subsets D_i of
+``round(fraction * N)`` training examples each (App. G.5: M = 100, fraction = 0.5), K models per
+subset with different seeds (K = 5), each trained for the same number of *epochs* as the full model
+(App. G.7, ``scale_steps``).
+
+Layout under one benchmark ``root``::
+
+    subsets/manifest.json                     arguments and SHA-256 of every file; written last
+    subsets/train_indices.txt                 stable index of each score row (if not the identity)
+    subsets/subset_{i:03d}/indices.txt        stable dataset indices of D_i (for --data.subset_file)
+    retrain/subset_{i:03d}/seed_{k}/          run folder of seed slot k of subset i
+    retrain/subset_{i:03d}/seed_{k}/done.json written last by ``mark_job_done``
+
+Subsets are given as *positions* 0..N-1 (rows of the ``(num_train, num_queries)`` score matrix);
+the index files hold the corresponding stable dataset indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lit_attr.data.datasets import read_index_file, write_index_file
+from lit_attr.errors import ConfigError, DataError, StoreMismatchError
+from lit_attr.storage import read_json, write_json_atomic
+
+SUBSETS_DIR = "subsets"
+RETRAIN_DIR = "retrain"
+MANIFEST_FILE = "manifest.json"
+INDICES_FILE = "indices.txt"
+TRAIN_INDICES_FILE = "train_indices.txt"
+DONE_FILE = "done.json"
+
+
+def sample_lds_subsets(num_train: int, num_subsets: int, fraction: float = 0.5, seed: int = 0) -> list[np.ndarray]:
+    """Draw the M subsets D_i of eq. (13), each without replacement.
+
+    Subset i is drawn from ``SeedSequence(seed, spawn_key=(i,))`` (the i-th child of
+    ``SeedSequence(seed).spawn``), so it does not depend on ``num_subsets``.
+
+    Returns:
+        ``num_subsets`` sorted int64 arrays of ``round(fraction * num_train)`` distinct positions
+        in ``[0, num_train)``.
+
+    Raises:
+        ConfigError: for ``num_train < 2``, ``num_subsets < 1``, a negative seed, or a fraction
+            whose subsets would be empty or the whole dataset.
+    """
+    size = subset_size(num_train, fraction)
+    if num_subsets < 1 or seed < 0:
+        raise ConfigError(f"Need num_subsets >= 1 and seed >= 0, got num_subsets={num_subsets}, seed={seed}.")
+    subsets = []
+    for i in range(num_subsets):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+        subsets.append(np.sort(rng.choice(num_train, size=size, replace=False)).astype(np.int64))
+    return subsets
+
+
+def subset_size(num_train: int, fraction: float) -> int:
+    """``round(fraction * num_train)``; ConfigError unless it lies in ``[1, num_train - 1]``."""
+    size = round(fraction * num_train)
+    if num_train < 2 or not 0 < fraction < 1 or not 1 <= size < num_train:
+        raise ConfigError(
+            f"fraction={fraction} of num_train={num_train} gives subsets of {size} examples; "
+            "choose 0 < fraction < 1 so that each subset keeps at least one example and drops at least one."
+        )
+    return size
+
+
+def subsets_path(root: str | Path) -> Path:
+    """Folder of the subsets of a benchmark: ``root/subsets``."""
+    return Path(root).expanduser() / SUBSETS_DIR
+
+
+def subset_indices_path(root: str | Path, subset_index: int) -> Path:
+    """Index file of subset i: ``root/subsets/subset_{i:03d}/indices.txt``."""
+    return subsets_path(root) / f"subset_{subset_index:03d}" / INDICES_FILE
+
+
+def subsets_exist(root: str | Path) -> bool:
+    """Whether ``write_subsets`` finished for ``root`` (its manifest is written last)."""
+    return (subsets_path(root) / MANIFEST_FILE).is_file()
+
+
+def write_subsets(
+    root: str | Path,
+    subsets: Sequence[np.ndarray],
+    train_indices: Sequence[int] | None = None,
+    *,
+    num_train: int | None = None,
+    fraction: float | None = None,
+    seed: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write the subsets' index files and then, last and atomically, ``subsets/manifest.json``.
+
+    Args:
+        root: benchmark folder.
+        subsets: M arrays of positions in ``[0, num_train)`` (from ``sample_lds_subsets``).
+        train_indices: stable dataset index of each position (score row), length ``num_train``;
+            ``None`` means position j is stable index j.
+        num_train: N, the size of the full training set; defaults to ``len(train_indices)``.
+        fraction: the subset fraction of ``sample_lds_subsets`` (recorded in the manifest).
+        seed: the sampling seed of ``sample_lds_subsets`` (recorded in the manifest).
+        overwrite: replace subsets written with different arguments.
+
+    Raises:
+        ConfigError: when ``root`` already holds subsets made with different arguments (or other
+            subsets) and ``overwrite`` is false, or for positions outside ``[0, num_train)``.
+    """
+    if num_train is None and train_indices is None:
+        raise ConfigError("write_subsets needs num_train (the size of the full training set) or train_indices.")
+    num_train = len(train_indices) if num_train is None else num_train
+    mapping = np.arange(num_train) if train_indices is None else np.asarray(train_indices, dtype=np.int64)
+    if mapping.shape != (num_train,):
+        raise ConfigError(f"train_indices has {len(mapping)} entries; expected num_train={num_train}.")
+    if any(s.size == 0 or s.min() < 0 or s.max() >= num_train for s in map(np.asarray, subsets)):
+        raise ConfigError(f"Subset positions must lie in [0, {num_train}); pass positions, not stable indices.")
+    stable = [mapping[np.asarray(s)].tolist() for s in subsets]
+    manifest = {"num_train": num_train, "fraction": fraction, "seed": seed, "num_subsets": len(subsets),
+                "train_indices_sha256": _sha256(json.dumps(None if train_indices is None else mapping.tolist())),
+                "subsets_sha256": _sha256(json.dumps(stable))}
+    if _check_existing(root, manifest, overwrite):
+        return
+    folder = _clear_subsets(root, len(subsets))
+    files = {}
+    for i, indices in enumerate(stable):
+        files[f"subset_{i:03d}"] = _write_index_atomic(subset_indices_path(root, i), indices)
+    if train_indices is not None:
+        files[TRAIN_INDICES_FILE] = _write_index_atomic(folder / TRAIN_INDICES_FILE, mapping.tolist())
+    write_json_atomic(folder / MANIFEST_FILE, {**manifest, "files": files})
+
+
+def create_subsets(
+    root: str | Path,
+    num_train: int,
+    num_subsets: int,
+    fraction: float = 0.5,
+    seed: int = 0,
+    train_indices: Sequence[int] | None = None,
+    overwrite: bool = False,
+) -> list[np.ndarray]:
+    """``sample_lds_subsets`` then ``write_subsets``; returns the subsets as positions."""
+    subsets = sample_lds_subsets(num_train, num_subsets, fraction, seed)
+    write_subsets(root, subsets, train_indices, num_train=num_train, fraction=fraction, seed=seed,
+                  overwrite=overwrite)
+    return subsets
+
+
+def read_subsets(root: str | Path) -> list[np.ndarray]:
+    """The subsets written by ``write_subsets``, as sorted int64 positions (score rows).
+
+    Raises:
+        DataError: no manifest (run ``write_subsets`` first) or a file whose SHA-256 differs from
+            the manifest.
+    """
+    manifest = read_subsets_manifest(root)
+    folder = subsets_path(root)
+    has_mapping = TRAIN_INDICES_FILE in manifest["files"]
+    mapping = _verified_indices(folder / TRAIN_INDICES_FILE, manifest, TRAIN_INDICES_FILE) if has_mapping else None
+    position_of = {int(index): position for position, index in enumerate(mapping or range(manifest["num_train"]))}
+    subsets = []
+    for i in range(manifest["num_subsets"]):
+        indices = _verified_indices(subset_indices_path(root, i), manifest, f"subset_{i:03d}")
+        subsets.append(np.sort(np.array([position_of[j] for j in indices], dtype=np.int64)))
+    return subsets
+
+
+def _verified_indices(path: Path, manifest: dict[str, Any], key: str) -> list[int]:
+    """Read an index file after checking its SHA-256 against ``manifest["files"][key]``."""
+    if not path.is_file() or _file_sha256(path) != manifest["files"][key]:
+        raise DataError(f"{path} is missing or differs from its SHA-256 in the subsets manifest; rewrite the "
+                        "subsets with --overwrite true (models retrained on the old ones become invalid).")
+    return read_index_file(path)
+
+
+def read_subsets_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of ``write_subsets``; DataError naming the folder if it is missing."""
+    path = subsets_path(root) / MANIFEST_FILE
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; write the LDS subsets first (write_subsets / create_subsets).")
+    return read_json(path)
+
+
+class SeedingProtocol(str, Enum):
+    """How the seeds of the retrained models are chosen (``training_seed``).
+
+    The seed drives initialisation *and* the stream of minibatch order, timesteps and noise.
+    """
+
+    INDEPENDENT = "independent"
+    """Every model its own seed: ``seed + subset_index * num_seeds + slot`` (Park et al., 2023)."""
+    COMMON = "common"
+    """All models of seed slot k share ``seed + k``, so the K-model ensemble of eq. (13) differs
+    between subsets only through the data (common random numbers reduce the measurement noise)."""
+
+
+def training_seed(
+    protocol: SeedingProtocol | str, base_seed: int, subset_index: int, slot: int, num_seeds: int
+) -> int:
+    """The seed of the model of seed slot ``slot`` (0..num_seeds-1) trained on subset ``subset_index``.
+
+    Raises:
+        ConfigError: unknown protocol, or negative/out-of-range arguments.
+    """
+    protocol = _protocol(protocol)
+    if base_seed < 0 or subset_index < 0 or num_seeds < 1 or not 0 <= slot < num_seeds:
+        raise ConfigError(f"Need base_seed >= 0, subset_index >= 0 and 0 <= slot < num_seeds; got "
+                          f"base_seed={base_seed}, subset_index={subset_index}, slot={slot}, num_seeds={num_seeds}.")
+    if protocol is SeedingProtocol.COMMON:
+        return base_seed + slot
+    return base_seed + subset_index * num_seeds + slot
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    """One model to retrain: seed slot ``slot`` of subset ``subset_index``.
+
+    Attributes:
+        subset_index: i, the subset D_i.
+        slot: k in 0..num_seeds-1, the seed slot.
+        seed: the training seed (``training_seed``), for init and data/noise streams.
+        indices_file: the subset's index file (pass as ``--data.subset_file``).
+        run_dir: output folder, ``root/retrain/subset_{i:03d}/seed_{k}``.
+    """
+
+    subset_index: int
+    slot: int
+    seed: int
+    indices_file: Path
+    run_dir: Path
+
+
+def plan_retraining(
+    root: str | Path,
+    num_seeds: int,
+    protocol: SeedingProtocol | str = SeedingProtocol.INDEPENDENT,
+    base_seed: int = 0,
+    start: int = 0,
+    count: int | None = None,
+    skip_done: bool = True,
+) -> list[RetrainJob]:
+    """The jobs of shard ``[start, start + count)`` of the full job list, minus finished ones.
+
+    The full list is slot-major: ``(subset 0, slot 0), (subset 1, slot 0), ..., (subset 0, slot 1), ...``,
+    so an interrupted campaign first completes one model per subset. Shards are cut from the full list
+    before done jobs are skipped, so a shard names the same jobs however far the campaign has got.
+
+    Args:
+        root: benchmark folder with written subsets (``write_subsets``).
+        num_seeds: K, models per subset.
+        protocol: seeding protocol (``SeedingProtocol`` or its string value).
+        base_seed: seed of the protocol.
+        start: first job of the shard (0-based position in the full list).
+        count: jobs in the shard; ``None`` for all from ``start``.
+        skip_done: leave out jobs whose ``done.json`` exists (``job_done``).
+
+    Raises:
+        ConfigError: for ``num_seeds < 1``, ``start < 0`` or ``count < 1``.
+        DataError: if the subsets are not written yet.
+    """
+    if num_seeds < 1 or start < 0 or (count is not None and count < 1):
+        raise ConfigError(f"Need num_seeds >= 1, start >= 0 and count >= 1 (or None); "
+                          f"got num_seeds={num_seeds}, start={start}, count={count}.")
+    num_subsets = read_subsets_manifest(root)["num_subsets"]
+    pairs = [(i, k) for k in range(num_seeds) for i in range(num_subsets)]
+    shard = pairs[start:] if count is None else pairs[start:start + count]
+    jobs = [RetrainJob(i, k, training_seed(protocol, base_seed, i, k, num_seeds), subset_indices_path(root, i),
+                       Path(root).expanduser() / RETRAIN_DIR / f"subset_{i:03d}" / f"seed_{k}") for i, k in shard]
+    return [job for job in jobs if not (skip_done and job_done(job))]
+
+
+def job_done(job: RetrainJob) -> bool:
+    """Whether ``job.run_dir/done.json`` exists.
+
+    Raises:
+        StoreMismatchError: if the marker records another seed (a different protocol or base seed) or
+            another subset file (the subsets were rewritten with ``--overwrite``).
+    """
+    path = job.run_dir / DONE_FILE
+    if not path.is_file():
+        return False
+    marker = read_json(path)
+    if marker.get("seed") != job.seed:
+        raise StoreMismatchError(f"{job.run_dir} was trained with seed {marker.get('seed')}; this plan uses seed "
+                                 f"{job.seed}. Use the same --protocol and --seed, or another benchmark root.")
+    if marker.get("indices_sha256") != _file_sha256(job.indices_file):
+        raise StoreMismatchError(f"{job.run_dir} was trained on another version of {job.indices_file}; delete "
+                                 f"{job.run_dir.parent.parent} to retrain on the current subsets.")
+    return True
+
+
+def mark_job_done(job: RetrainJob, info: dict[str, Any] | None = None) -> None:
+    """Write ``done.json`` atomically; call it last, after the checkpoint and measurements are saved.
+
+    The marker holds ``info`` plus the seed, subset, slot and the SHA-256 of the subset's index file,
+    which ``job_done`` checks.
+    """
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    marker = {**(info or {}), "seed": job.seed, "subset_index": job.subset_index, "slot": job.slot,
+              "indices_sha256": _file_sha256(job.indices_file)}
+    write_json_atomic(job.run_dir / DONE_FILE, marker)
+
+
+def scale_steps(full_steps: int, full_size: int, subset_size: int) -> int:
+    """Training steps for a subset with as many epochs as the full model (App. G.7).
+
+    Returns:
+        ``max(1, round(full_steps * subset_size / full_size))``; e.g. CIFAR-2: 32000 steps on 5000
+        examples give 16000 steps on 2500.
+
+    Raises:
+        ConfigError: for non-positive arguments.
+    """
+    if full_steps < 1 or full_size < 1 or subset_size < 1:
+        raise ConfigError(f"Need positive full_steps, full_size and subset_size; "
+                          f"got {full_steps}, {full_size}, {subset_size}.")
+    return max(1, round(full_steps * subset_size / full_size))
+
+
+def _protocol(protocol: SeedingProtocol | str) -> SeedingProtocol:
+    try:
+        return SeedingProtocol(protocol)
+    except ValueError:
+        choices = ", ".join(p.value for p in SeedingProtocol)
+        raise ConfigError(f"protocol={protocol!r} is not supported; choose one of {choices}.") from None
+
+
+def _check_existing(root: str | Path, manifest: dict[str, Any], overwrite: bool) -> bool:
+    """True if the same subsets are already written; ConfigError on a mismatch without ``overwrite``."""
+    if not subsets_exist(root):
+        return False
+    old = read_subsets_manifest(root)
+    differing = [f"{key}={_short(old.get(key))!r} (now {_short(value)!r})"
+                 for key, value in manifest.items() if old.get(key) != value]
+    if not differing or overwrite:
+        return not differing
+    raise ConfigError(f"{subsets_path(root)} holds subsets made with {', '.join(differing)}. Use another root "
+                      "or pass --overwrite true (models retrained on the old subsets become invalid).")
+
+
+def _short(value: Any) -> Any:
+    """Hashes cut to 12 hex digits for messages; other values unchanged."""
+    return value[:12] if isinstance(value, str) else value
+
+
+def _clear_subsets(root: str | Path, num_subsets: int) -> Path:
+    """Remove the manifest (the folder is incomplete until it is rewritten) and stale subset folders."""
+    folder = subsets_path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    (folder / TRAIN_INDICES_FILE).unlink(missing_ok=True)
+    for stale in folder.glob("subset_*"):
+        number = stale.name.removeprefix("subset_")
+        if stale.is_dir() and number.isdigit() and int(number) >= num_subsets:
+            shutil.rmtree(stale)
+    return folder
+
+
+def _write_index_atomic(path: Path, indices: list[int]) -> str:
+    """``write_index_file`` through a temporary file and ``os.replace``; returns the file's SHA-256."""
+    tmp = path.with_name(path.name + ".tmp")
+    write_index_file(tmp, indices)
+    digest = _file_sha256(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
