@@ -17,6 +17,7 @@ gradients); ``expanded_inputs`` is the plain ``F.unfold`` view, kept for clarity
 from __future__ import annotations
 
 from collections.abc import Iterator
+import weakref
 from contextlib import contextmanager
 from functools import lru_cache, partial
 
@@ -78,6 +79,7 @@ class LayerCapture:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.outputs = {}  # drop the graph; inputs and grad_outputs stay readable
         for handle in self._handles:
             handle.remove()
         for param, flag in self._flags:
@@ -109,12 +111,12 @@ class LayerCapture:
         replaced = not output.requires_grad
         if replaced:  # no parameter or upstream tensor requires grad: start the graph here
             output = output.detach().requires_grad_().clone()
-        output.register_hook(partial(self._store_grad, name))
+        # A weak reference: a strong one would make a cycle through autograd's C++ hook storage
+        # (output -> hook -> capture -> outputs -> output) that Python's GC cannot free.
+        output.register_hook(partial(_store_grad, weakref.ref(self), name))
         self.outputs[name] = output
         return output if replaced else None
 
-    def _store_grad(self, name: str, grad: Tensor) -> None:
-        self.grad_outputs[name] = grad.detach()
 
     def backward(self, output: Tensor, grad_output: Tensor, retain_graph: bool = False) -> dict[str, Tensor]:
         """Backpropagate ``grad_output`` from ``output`` to the layer outputs only (no ``.grad``).
@@ -137,6 +139,13 @@ class LayerCapture:
 
 
 # ---------------------------------------------------------------------------- expanded / reduced views
+
+
+def _store_grad(capture_ref: weakref.ref, name: str, grad: Tensor) -> None:
+    """Tensor hook: record dL/dz of layer ``name`` in the (still alive) capture."""
+    capture = capture_ref()
+    if capture is not None:
+        capture.grad_outputs[name] = grad.detach()
 
 
 def expanded_inputs(module: nn.Module, x: Tensor, append_ones: bool | None = None) -> Tensor:
