@@ -25,3 +25,19 @@ def run_script(*args: str, timeout: int = 600, threads: int = 1) -> subprocess.C
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     return proc
+
+
+def train_tiny_ddpm(root: Path, max_steps: int, ema_decay: float, batch_size: int, **trainer_kwargs: object):
+    """Train the tiny U-Net on digits for a few steps in this process; returns (module, trainer)."""
+    import lightning as L
+
+    from lit_attr.data.datamodules import DiffusionDataModule
+    from lit_attr.ddpm_module import DDPMModule
+    from lit_attr.diffusion.unet import tiny_unet_config
+
+    L.seed_everything(0)
+    module = DDPMModule(unet=tiny_unet_config(), ema_decay=ema_decay)
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root, **trainer_kwargs)
+    trainer.fit(module, DiffusionDataModule(batch_size=batch_size))
+    return module, trainer

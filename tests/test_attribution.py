@@ -15,10 +15,8 @@ from lit_attr.curvature.kfac import load_factors
 from lit_attr.attribution.run import run_attribution
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.data.datasets import write_index_file
-from lit_attr.ddpm_module import DDPMModule
-from lit_attr.diffusion.unet import tiny_unet_config
 from lit_attr.storage import load_scores
-from tests.helpers import run_script, tiny_config
+from tests.helpers import run_script, tiny_config, train_tiny_ddpm
 
 NUM_TRAIN = 96
 
@@ -27,13 +25,7 @@ NUM_TRAIN = 96
 def tiny_run(tmp_path_factory):
     """A tiny DDPM trained briefly on digits, its checkpoint and a subset file of NUM_TRAIN examples."""
     root = tmp_path_factory.mktemp("tiny")
-    L.seed_everything(0)
-    from lit_attr.data.datamodules import DiffusionDataModule
-
-    module = DDPMModule(unet=tiny_unet_config(), ema_decay=0.0)
-    trainer = L.Trainer(max_steps=15, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=root)
-    trainer.fit(module, DiffusionDataModule(batch_size=64))
+    _, trainer = train_tiny_ddpm(root, max_steps=15, ema_decay=0.0, batch_size=64, enable_checkpointing=False)
     (root / "run" / "checkpoints").mkdir(parents=True)
     trainer.save_checkpoint(root / "run" / "checkpoints" / "last.ckpt")
     write_index_file(root / "run" / "subset.txt", range(NUM_TRAIN))
@@ -180,3 +172,30 @@ def test_ddp_two_processes_match_one(tiny_run, reference_scores, tmp_path):
     assert json.loads((tmp_path / "ddp" / "metadata.json").read_text())["num_devices"] == 2
     assert_same_curvature(reference_scores[0], tmp_path / "ddp")
     assert_same_scores(load_scores(tmp_path / "ddp"), scores)
+
+
+@pytest.mark.parametrize("config", ["attribute/digits.yaml", "tiny/attribute.yaml"])
+def test_attribute_configs_parse(config, capsys):
+    from lit_attr.cli import AttributeCLI
+    from tests.helpers import ROOT
+
+    with pytest.raises(SystemExit) as exit_info:
+        AttributeCLI(InfluenceModule, AttributionDataModule, args=["--config", str(ROOT / "configs" / config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "KFACCallback" in printed and "damping" in printed
+
+
+def test_bad_measurement_is_refused_before_any_work(tmp_path):
+    proc = run_script("attribute.py", "--config", "configs/attribute/digits.yaml", "--model.measurement.measurement",
+                      "elbow", "--model.output_dir", str(tmp_path / "x"))
+    assert proc.returncode != 0 and "elbow" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_trajectory_logprob_measurement_end_to_end(tiny_run):
+    out = tiny_run / "trajectory"
+    module = attribute_in_process(tiny_run, out, measurement={"measurement": "trajectory_logprob", "num_draws": 8})
+    assert module.queries.trajectory.shape == (11, 3, 1, 8, 8)  # 10 sampler steps + x_0
+    scores = load_scores(out)
+    assert np.isfinite(scores).all() and np.abs(scores).max() > 0

@@ -1,8 +1,6 @@
 """DDPMModule: training, checkpoint round trip (with EMA), pipeline export/import, CLI configs."""
 
-from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from lit_attr.data.datamodules import DiffusionDataModule
 from lit_attr.ddpm_module import DDPMModule, OptimizerConfig, warmup_cosine
 from lit_attr.diffusion.unet import UNetConfig, tiny_unet_config
 from lit_attr.pipeline_io import export_pipeline, import_pipeline, load_ddpm_module
-from tests.helpers import ROOT, run_script, tiny_config
+from tests.helpers import ROOT, run_script, tiny_config, train_tiny_ddpm
 
 
 def test_warmup_cosine_schedule():
@@ -35,11 +33,7 @@ def test_bad_unet_config_names_the_flag():
 def trained(tmp_path_factory):
     """A tiny DDPM trained for a few steps, with its checkpoint."""
     tmp = tmp_path_factory.mktemp("fit")
-    L.seed_everything(0)
-    module = DDPMModule(unet=tiny_unet_config(), ema_decay=0.9)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp, gradient_clip_val=1.0)
-    trainer.fit(module, DiffusionDataModule(batch_size=32))
+    module, trainer = train_tiny_ddpm(tmp, max_steps=3, ema_decay=0.9, batch_size=32, gradient_clip_val=1.0)
     ckpt = tmp / "model.ckpt"
     trainer.save_checkpoint(ckpt)
     return module, ckpt
