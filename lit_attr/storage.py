@@ -72,23 +72,32 @@ class ScoreStore:
     def metadata_path(self) -> Path:
         return self.output_dir / METADATA_FILE
 
-    def prepare(self, overwrite: bool = False) -> None:
-        """Create the files, or check that existing ones were made with the same metadata (rank 0 only).
+    def check(self, overwrite: bool = False) -> bool:
+        """Whether the folder already holds a run with this metadata (read-only; safe on every rank).
 
         Raises:
             StoreMismatchError: the folder holds a run with other settings and ``overwrite`` is False.
         """
-        if self.metadata_path.exists():
-            differences = metadata_differences(read_json(self.metadata_path), self.metadata)
-            if differences and not overwrite:
-                listed = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in differences.items())
-                raise StoreMismatchError(
-                    f"{self.output_dir} holds scores computed with other settings ({listed}). "
-                    "Use a new --output_dir, or pass --overwrite true to discard them."
-                )
-            if not differences:
-                return
-            self._remove_files()
+        if not self.metadata_path.exists():
+            return False
+        differences = metadata_differences(read_json(self.metadata_path), self.metadata)
+        if differences and not overwrite:
+            listed = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in differences.items())
+            raise StoreMismatchError(
+                f"{self.output_dir} holds scores computed with other settings ({listed}). "
+                "Use a new --output_dir, or pass --overwrite true to discard them."
+            )
+        return not differences
+
+    def prepare(self, overwrite: bool = False) -> None:
+        """Create the files, or keep existing ones made with the same metadata (rank 0 only).
+
+        Raises:
+            StoreMismatchError: the folder holds a run with other settings and ``overwrite`` is False.
+        """
+        if self.check(overwrite):
+            return
+        self._remove_files()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(self.output_dir / SCORES_FILE, mode="w+", dtype=self.dtype,
                                   shape=(self.num_train, self.num_queries)).flush()

@@ -15,6 +15,7 @@ from lit_attr.curvature.kfac import load_factors
 from lit_attr.attribution.run import run_attribution
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.data.datasets import write_index_file
+from lit_attr.errors import StoreMismatchError
 from lit_attr.storage import load_scores
 from tests.helpers import run_script, tiny_config, train_tiny_ddpm
 
@@ -199,3 +200,10 @@ def test_trajectory_logprob_measurement_end_to_end(tiny_run):
     assert module.queries.trajectory.shape == (11, 3, 1, 8, 8)  # 10 sampler steps + x_0
     scores = load_scores(out)
     assert np.isfinite(scores).all() and np.abs(scores).max() > 0
+
+
+def test_changed_query_settings_are_refused_not_silently_reused(tiny_run, reference_scores):
+    out, scores = reference_scores
+    with pytest.raises(StoreMismatchError, match="queries.*--overwrite true"):
+        attribute_in_process(tiny_run, out, queries={"num_generated": 4, "num_sampling_steps": 10})
+    np.testing.assert_array_equal(load_scores(out), scores)

@@ -39,7 +39,7 @@ from lit_attr.errors import ConfigError
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
 from lit_attr.measurements import Measurement, MeasurementSpec, measurement_rows
 from lit_attr.pipeline_io import load_ddpm_module
-from lit_attr.storage import ScoreStore, metadata_differences, read_json
+from lit_attr.storage import ScoreStore
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ class InfluenceModule(L.LightningModule):
         curvature = callback.settings(seed=callback.resolved_seed(self), scheme=callback.resolved_scheme(self))
         return {
             "method": "kfac_influence", "checkpoint": str(self.checkpoint), **self.curvature_identity(),
-            "queries": {"source": self.queries.source, "hash": self.queries.fingerprint()},
+            "queries": {"source": self.queries.source, "hash": self.queries.fingerprint(),
+                        "config": asdict(self.query_config)},
             "measurement": {**asdict(self.measurement_config), "measurement": self.measurement_spec.measurement.value},
             "num_draws": self.num_draws, "seed": self.seed, "draw_scheme": self.draw_scheme.value,
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
@@ -159,7 +160,7 @@ class InfluenceModule(L.LightningModule):
         self.row_of = {int(index): row for row, index in enumerate(dataset.indices)}
         self.store = ScoreStore(self.output_dir, len(dataset), len(self.queries.images), self.run_metadata(),
                                 self.score_dtype)
-        self._check_store()
+        self.store.check(overwrite=self.overwrite)  # every rank raises the same mismatch error, before any write
         if self.trainer.is_global_zero:
             self.store.prepare(overwrite=self.overwrite)
             self.queries.save(self.output_dir / QUERIES_FILE)
@@ -178,14 +179,6 @@ class InfluenceModule(L.LightningModule):
         needs_trajectory = self.measurement_spec.measurement is Measurement.TRAJECTORY_LOGPROB
         return build_queries(self.query_config, self.ddpm, dataset, record_trajectory=needs_trajectory)
 
-    def _check_store(self) -> None:
-        """Every rank raises the same mismatch error before any rank touches the files."""
-        if self.overwrite or not self.store.metadata_path.exists():
-            return
-        differences = metadata_differences(read_json(self.store.metadata_path), self.store.metadata)
-        if differences:
-            self.store.prepare(overwrite=False)  # raises StoreMismatchError naming the keys and the fix
-
     def set_curvature(self, eigen: KFACEigen) -> None:
         """Called by ``KFACCallback`` with the (EK-)FAC eigendecomposition."""
         self.eigen = eigen
@@ -196,7 +189,6 @@ class InfluenceModule(L.LightningModule):
         if not self.needs_curvature:
             return
         if self.eigen is None:
-            self._curvature_callback()
             raise RuntimeError("KFACCallback did not provide the curvature.")
         start = time.perf_counter()
         preconditioned = self.preconditioned_query_gradients()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_attr.constants import FIGURE_FILE, REPORT_JSON, REPORT_MD
+from lit_attr.constants import FIGURE_FILE, METADATA_FILE, REPORT_JSON, REPORT_MD
 from lit_attr.report import build_report, figure_tensor, influence_figure, top_influences, write_report
 from lit_attr.storage import load_scores, read_json
 from lit_attr.visualize import save_grid
@@ -30,7 +30,7 @@ def write_attribution_outputs(output_dir: Path, dataset: Any, queries: torch.Ten
     """
     scores = load_scores(output_dir)
     train_indices = np.asarray(dataset.indices)
-    metadata = read_json(output_dir / "metadata.json")
+    metadata = read_json(output_dir / METADATA_FILE)
     info = {k: metadata[k] for k in ("measurement", "damping", "num_draws", "draw_scheme") if k in metadata}
     report = build_report(scores, train_indices, top_k, info)
     write_report(output_dir, report, REPORT_JSON, REPORT_MD)
