@@ -83,7 +83,7 @@ class DDPMModule(L.LightningModule):
         diffusion: forward-process schedule.
         optimizer: AdamW and LR schedule.
         ema_decay: EMA decay of the weights used for sampling and attribution (0 disables EMA).
-        loss_buckets: number of timestep buckets for the logged per-bucket loss.
+        loss_buckets: number of timestep buckets for the logged per-bucket loss (0: not logged).
     """
 
     def __init__(
@@ -98,6 +98,8 @@ class DDPMModule(L.LightningModule):
         super().__init__()
         unet, diffusion = as_config(unet, UNetConfig), as_config(diffusion, DiffusionConfig)
         optimizer = as_config(optimizer, OptimizerConfig)
+        if loss_buckets < 0:
+            raise ValueError(f"--model.loss_buckets must be >= 0 (0 disables the per-timestep loss), got {loss_buckets}.")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
         # Plain dicts, so that checkpoints load with torch.load(weights_only=True).
@@ -124,7 +126,8 @@ class DDPMModule(L.LightningModule):
         losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise)
         loss = losses.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
-        self._log_bucket_losses(losses.detach(), t)
+        if self.loss_buckets > 0:
+            self._log_bucket_losses(losses.detach(), t)
         return loss
 
     def _log_bucket_losses(self, losses: Tensor, t: Tensor) -> None:
@@ -142,8 +145,8 @@ class DDPMModule(L.LightningModule):
             return
         decay = min(self.ema_decay, (1 + self.global_step) / (10 + self.global_step))
         with torch.no_grad():
-            for ema, param in zip(self.ema_unet.parameters(), self.unet.parameters()):
-                ema.lerp_(param.detach(), 1.0 - decay)
+            params = [param.detach() for param in self.unet.parameters()]
+            torch._foreach_lerp_(list(self.ema_unet.parameters()), params, 1.0 - decay)
             for ema, buf in zip(self.ema_unet.buffers(), self.unet.buffers()):
                 ema.copy_(buf)
 

@@ -158,7 +158,7 @@ class InfluenceModule(L.LightningModule):
         self._data_fingerprint = dataset_fingerprint(dataset)
         self.queries = self._load_or_build_queries(dataset)
         self.row_of = {int(index): row for row, index in enumerate(dataset.indices)}
-        self.store = ScoreStore(self.output_dir, len(dataset), len(self.queries.images), self.run_metadata(),
+        self.store = ScoreStore(self.output_dir, len(dataset), self.num_score_columns(), self.run_metadata(),
                                 self.score_dtype)
         self.store.check(overwrite=self.overwrite)  # every rank raises the same mismatch error, before any write
         if self.trainer.is_global_zero:
@@ -171,6 +171,10 @@ class InfluenceModule(L.LightningModule):
         self.needs_curvature = len(done_rows) < len(dataset)
         if not self.needs_curvature:
             log.info("All %d rows of %s are already scored.", len(dataset), self.output_dir)
+
+    def num_score_columns(self) -> int:
+        """Columns of the score matrix: one per query."""
+        return len(self.queries.images)
 
     def _load_or_build_queries(self, dataset: Any) -> QuerySet:
         path = self.output_dir / QUERIES_FILE
@@ -218,11 +222,11 @@ class InfluenceModule(L.LightningModule):
         return flatten_gradients(precondition(self.query_gradients(), self.eigen, self.damping))
 
     # ------------------------------------------------------------------ training rows
-    def training_gradients(self, batch: dict[str, Tensor]) -> Tensor:
+    def training_gradients(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
         """Per-example loss gradients averaged over S draws (stream ``train``): (B, num_params)."""
         x0 = batch["image"]
         timesteps, noise = draw_for_batch(batch["index"].cpu(), self.num_draws, tuple(x0.shape[1:]),
-                                          self.ddpm.schedule.num_timesteps, self.seed, TRAIN_STREAM, self.draw_scheme)
+                                          self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
         grads = per_example_loss_gradients(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
                                            self.kfac_modules, x0, timesteps, noise, self.ddpm.attribution_unet)
         return flatten_gradients(grads)

@@ -1,0 +1,121 @@
+"""Evaluate attribution methods with the LDS and retraining benchmarks (section 4 of the paper).
+
+    python evaluate.py run --config configs/lds/digits.yaml          # everything, resumable
+    python evaluate.py retrain --config configs/lds/digits.yaml --start 0 --count 16   # one share of the models
+    python evaluate.py report --config configs/lds/digits.yaml       # tables and plots from what is done
+
+Rerun any command to resume: finished models and scores are skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from lit_attr.evaluation.config import BenchmarkConfig
+
+
+def _benchmark_parser(description: str) -> ArgumentParser:
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="Benchmark YAML (configs/lds/*.yaml).")
+    parser.add_class_arguments(BenchmarkConfig, nested_key=None, as_group=False)
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.splitlines()[0], env_prefix="LIT_ATTR")
+    commands = parser.add_subcommands(dest="command")
+    commands.add_subcommand("run", _benchmark_parser("All stages: full model, subsets, retraining, scoring, report."))
+    retrain = _benchmark_parser("Train and measure a share of the models (for several processes or cluster jobs).")
+    retrain.add_argument("--stage", choices=["lds", "removal"], default="lds", help="Which models.")
+    retrain.add_argument("--start", type=int, default=0, help="First model of the share (position in the full list).")
+    retrain.add_argument("--count", type=int | None, default=None, help="Models in the share (None: all from start).")
+    retrain.add_argument("--worker", type=int, default=0, help="This worker (0-based) of --num_workers.")
+    retrain.add_argument("--num_workers", type=int, default=1, help="Workers splitting the pending models.")
+    commands.add_subcommand("retrain", retrain)
+    commands.add_subcommand("report", _benchmark_parser("Compute and write the results of the finished stages."))
+    return parser
+
+
+def benchmark_config(namespace) -> BenchmarkConfig:
+    """The ``BenchmarkConfig`` of a parsed (and instantiated) subcommand namespace."""
+    fields = BenchmarkConfig.__dataclass_fields__
+    return BenchmarkConfig(**{name: namespace[name] for name in fields if name in namespace})
+
+
+def subparser(parser: ArgumentParser, command: str) -> ArgumentParser:
+    """The parser of one subcommand (to dump its resolved settings)."""
+    return parser._subcommands_action._name_parser_map[command]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lit_attr.errors import LitAttrError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = args[args.command]
+    config = benchmark_config(parser.instantiate(args)[args.command])
+    try:
+        return COMMANDS[args.command](config, sub, subparser(parser, args.command))
+    except LitAttrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
+    from lit_attr.evaluation.campaign import Benchmark
+    from lit_attr.evaluation.results import compute_results, markdown, write_results
+
+    start = time.perf_counter()
+    bench = Benchmark(config)
+    bench.save_config(parser.dump(args, skip_none=False, skip_validation=True))
+    workers = config.retraining.workers
+    bench.run_jobs([bench.full_job()], stage="full")
+    bench.queries()
+    bench.write_subsets()
+    bench.run_jobs(bench.lds_jobs(), workers, stage="lds")
+    for method in config.methods:
+        bench.run_method(method)
+    bench.run_jobs(bench.removal_jobs(), workers, stage="removal")
+    results = compute_results(bench)
+    paths = write_results(bench, results)
+    print(markdown(results))
+    print(f"Benchmark finished in {(time.perf_counter() - start) / 60:.1f} min; results: "
+          + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def retrain(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
+    from lit_attr.evaluation.campaign import Benchmark
+
+    bench = Benchmark(config)
+    if not (bench.root / "full" / "done.json").exists():
+        print("error: the full model is not trained yet; run `evaluate.py run` first (or its full-model stage).",
+              file=sys.stderr)
+        return 2
+    bench.write_subsets()
+    jobs = bench.lds_jobs() if args.stage == "lds" else bench.removal_jobs()
+    jobs = jobs[args.start:] if args.count is None else jobs[args.start:args.start + args.count]
+    jobs = jobs[args.worker::args.num_workers]
+    bench.run_jobs(jobs, workers=1, stage=f"{args.stage} worker {args.worker}" if args.num_workers > 1 else args.stage)
+    return 0
+
+
+def report(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
+    from lit_attr.evaluation.campaign import Benchmark
+    from lit_attr.evaluation.results import compute_results, markdown, write_results
+
+    bench = Benchmark(config)
+    results = compute_results(bench)
+    paths = write_results(bench, results)
+    print(markdown(results))
+    print("results: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+COMMANDS = {"run": run, "retrain": retrain, "report": report}
+
+if __name__ == "__main__":
+    sys.exit(main())

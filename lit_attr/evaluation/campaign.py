@@ -1,0 +1,272 @@
+"""The stages of a benchmark run, each resumable: full model, queries, subsets, retraining, scoring.
+
+Layout under ``root`` (besides ``lit_attr.retraining``'s ``subsets/`` and ``retrain/``)::
+
+    config.yaml                         the resolved benchmark settings (workers read it)
+    full/model.ckpt, full/done.json     the full-data model (seed: retraining.base_seed)
+    full/measurements.pt                its true measurements
+    queries.pt                          the generated queries (``QuerySet``)
+    retrain/subset_{i:03d}/seed_{k}/    model.ckpt, measurements.pt, done.json (written last)
+    methods/<name>/                     scores of each method (``VariantInfluenceModule`` store)
+    curvature/                          K-FAC factors shared by methods with equal settings
+    removal/<method>/...                retraining without top influences (and random controls)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
+from lit_attr.constants import QUERIES_FILE
+from lit_attr.data.datasets import DatasetConfig, IndexedDataset, write_index_file
+from lit_attr.errors import ConfigError
+from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig
+from lit_attr.evaluation.training import train_model
+from lit_attr.evaluation.true_measurements import measure_queries
+from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
+from lit_attr.pipeline_io import load_ddpm_module
+from lit_attr.retraining import (
+    RetrainJob,
+    create_subsets,
+    job_done,
+    mark_job_done,
+    plan_retraining,
+    read_subsets_manifest,
+    scale_steps,
+    subsets_exist,
+)
+
+log = logging.getLogger(__name__)
+
+MEASUREMENTS_FILE = "measurements.pt"
+FULL_DIR = "full"
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """A model to train: ``job`` (subset file, seed, run folder) for ``steps`` steps."""
+
+    job: RetrainJob
+    steps: int
+    label: str
+
+
+class Benchmark:
+    """One benchmark folder and its settings; methods run the stages in order."""
+
+    def __init__(self, config: BenchmarkConfig) -> None:
+        self.config = config
+        self.root = Path(config.root).expanduser()
+        self._dataset: IndexedDataset | None = None
+
+    # ------------------------------------------------------------------ data and recipe
+    @property
+    def dataset(self) -> IndexedDataset:
+        """The full training set of the recipe (its ``data`` section)."""
+        if self._dataset is None:
+            import yaml
+
+            recipe = Path(self.config.retraining.recipe)
+            if not recipe.is_file():
+                raise ConfigError(f"retraining.recipe {recipe} does not exist; point it to a train.py config.")
+            data = (yaml.safe_load(recipe.read_text()) or {}).get("data") or {}
+            if data.get("subset_file"):
+                raise ConfigError(f"{recipe} sets data.subset_file; the benchmark recipe must train on all data.")
+            keys = ("data_dir", "image_size", "channels", "cifar2_seed", "num_per_class")
+            self._dataset = DatasetConfig(name=data.get("dataset", "digits"), **{k: data[k] for k in keys if k in data},
+                                          train=True).build()
+        return self._dataset
+
+    @property
+    def num_train(self) -> int:
+        return len(self.dataset)
+
+    # ------------------------------------------------------------------ full model and queries
+    def full_job(self) -> TrainingJob:
+        indices = self.root / FULL_DIR / "indices.txt"
+        if not indices.exists():
+            indices.parent.mkdir(parents=True, exist_ok=True)
+            write_index_file(indices, list(self.dataset.indices))
+        job = RetrainJob(-1, 0, self.config.retraining.base_seed, indices, self.root / FULL_DIR)
+        return TrainingJob(job, self.config.retraining.full_steps, "full model")
+
+    def queries(self) -> QuerySet:
+        """Generate (once) the queries with the full model: ``root/queries.pt``."""
+        path = self.root / QUERIES_FILE
+        if path.exists():
+            return QuerySet.load(path)
+        q = self.config.queries
+        ddpm = load_ddpm_module(self.full_job().job.run_dir / "model.ckpt")
+        queries = build_queries(QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), ddpm, self.dataset)
+        tmp = path.with_name(path.name + ".tmp")
+        queries.save(tmp)
+        tmp.replace(path)
+        return queries
+
+    # ------------------------------------------------------------------ LDS retraining
+    def write_subsets(self) -> None:
+        """The M subsets (once; a rerun with other subset settings is refused)."""
+        s = self.config.subsets
+        if subsets_exist(self.root):
+            manifest = read_subsets_manifest(self.root)
+            wanted = {"num_subsets": s.num_subsets, "fraction": s.fraction, "seed": s.seed, "num_train": self.num_train}
+            differing = {k: (manifest.get(k), v) for k, v in wanted.items() if manifest.get(k) != v}
+            if differing:
+                raise ConfigError(f"{self.root} holds subsets made with other settings {differing} (stored, wanted); "
+                                  "use another root or delete its subsets/ and retrain/ folders.")
+            return
+        create_subsets(self.root, self.num_train, s.num_subsets, s.fraction, s.seed,
+                       train_indices=list(self.dataset.indices))
+
+    def lds_jobs(self) -> list[TrainingJob]:
+        """Every LDS model, slot-major; slots >= 1 only on the first ``extra_seed_subsets`` subsets."""
+        r, s = self.config.retraining, self.config.subsets
+        extra = s.num_subsets if r.extra_seed_subsets is None else r.extra_seed_subsets
+        jobs = plan_retraining(self.root, r.num_seeds, r.protocol, r.base_seed, skip_done=False)
+        size = round(s.fraction * self.num_train)
+        steps = scale_steps(r.full_steps, self.num_train, size)
+        return [TrainingJob(j, steps, f"subset {j.subset_index:03d} seed {j.slot}") for j in jobs
+                if j.slot == 0 or j.subset_index < extra]
+
+    # ------------------------------------------------------------------ running jobs
+    def run_jobs(self, jobs: list[TrainingJob], workers: int = 1, stage: str = "lds") -> None:
+        """Train and measure every job that is not done; ``workers`` > 1 runs subprocesses side by side."""
+        pending = [j for j in jobs if not job_done(j.job)]
+        print(f"[{stage}] {len(jobs) - len(pending)}/{len(jobs)} models already done; training {len(pending)}.",
+              flush=True)
+        if not pending:
+            return
+        if workers > 1 and len(pending) > 1:
+            self._run_workers(stage, min(workers, len(pending)))
+            still = [j.label for j in jobs if not job_done(j.job)]
+            if still:
+                raise RuntimeError(f"[{stage}] {len(still)} models failed (first: {still[:3]}); see the worker "
+                                   "output above, then rerun the same command to resume.")
+            return
+        start = time.perf_counter()
+        for n, job in enumerate(pending, 1):
+            seconds = self.run_job(job)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / n * (len(pending) - n)
+            print(f"[{stage}] {n}/{len(pending)} {job.label}: {seconds:.0f} s (elapsed {elapsed / 60:.1f} min, "
+                  f"ETA {eta / 60:.1f} min)", flush=True)
+
+    def run_job(self, job: TrainingJob) -> float:
+        """Train, measure and mark one job done; returns its wall time."""
+        start = time.perf_counter()
+        t = self.config.true_measurements
+        run = train_model(self.config.retraining.recipe, job.job.run_dir, job.steps, job.job.seed, job.job.indices_file)
+        values = measure_queries(run.module, self.queries().images, t.measurements, t.num_draws, t.seed)
+        torch.save({"values": values, "measurements": list(t.measurements), "num_draws": t.num_draws,
+                    "seed": t.seed}, job.job.run_dir / MEASUREMENTS_FILE)
+        seconds = time.perf_counter() - start
+        mark_job_done(job.job, {"steps": job.steps, "fit_seconds": round(run.fit_seconds, 1),
+                                "seconds": round(seconds, 1)})
+        return seconds
+
+    def _run_workers(self, stage: str, workers: int) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        script = Path(__file__).resolve().parents[2] / "evaluate.py"
+        config = self.root / "config.yaml"
+        procs = [subprocess.Popen([sys.executable, str(script), "retrain", "--config", str(config), "--stage", stage,
+                                   f"--worker={w}", f"--num_workers={workers}"], env=env)
+                 for w in range(workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            log.error("Worker exit codes: %s", codes)
+
+    # ------------------------------------------------------------------ measurements
+    def full_measurements(self) -> torch.Tensor:
+        """(3, len(measurements), Q) of the full model (all draws, half 1, half 2)."""
+        return self._measurements(self.full_job().job.run_dir)
+
+    def lds_measurements(self) -> torch.Tensor:
+        """float64 (M, K, 3, len(measurements), Q), NaN where a model is missing."""
+        r, s = self.config.retraining, self.config.subsets
+        shape = (s.num_subsets, r.num_seeds, 3, len(self.config.true_measurements.measurements),
+                 self.config.queries.num_generated)
+        out = torch.full(shape, float("nan"), dtype=torch.float64)
+        for job in self.lds_jobs():
+            if job_done(job.job):
+                out[job.job.subset_index, job.job.slot] = self._measurements(job.job.run_dir)
+        return out
+
+    def _measurements(self, run_dir: Path) -> torch.Tensor:
+        stored = torch.load(run_dir / MEASUREMENTS_FILE, weights_only=True)
+        t = self.config.true_measurements
+        if stored["measurements"] != list(t.measurements) or stored["num_draws"] != t.num_draws or stored["seed"] != t.seed:
+            raise ConfigError(f"{run_dir} was measured with other true_measurements settings; use another root.")
+        return stored["values"]
+
+    # ------------------------------------------------------------------ methods
+    def method_dir(self, method: MethodConfig) -> Path:
+        return self.root / "methods" / method.name
+
+    def run_method(self, method: MethodConfig) -> None:
+        """Score every training example for every variant of ``method`` (resumable ScoreStore)."""
+        from lit_attr.evaluation.scoring import score_method
+
+        out = self.method_dir(method)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / QUERIES_FILE).exists():
+            self.queries()
+            shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
+        score_method(method, self.full_job().job.run_dir / "model.ckpt", out, self.root / "curvature",
+                     self.config.retraining.recipe, self.config.queries)
+
+    def method_scores(self, method: MethodConfig) -> np.ndarray:
+        """(N, G, M, D, Q) scores of a finished method."""
+        from lit_attr.evaluation.variants import load_variant_scores
+
+        return load_variant_scores(self.method_dir(method))
+
+    # ------------------------------------------------------------------ removal
+    def removal_jobs(self) -> list[TrainingJob]:
+        """Models without each tested query's top influences, and one random control per fraction."""
+        rem = self.config.removal
+        if not rem.queries:
+            return []
+        method = next(m for m in self.config.methods if m.name == rem.method)
+        scores = torch.from_numpy(removal_scores(self.method_scores(method), method, rem.measurement, rem.num_draws))
+        base = self.root / "removal" / method.name
+        jobs = []
+        for f_index, fraction in enumerate(rem.fractions):
+            picks = [(q, top_influence_removal(scores, fraction, q), f"q{q:03d}_top_{fraction:g}")
+                     for q in rem.queries]
+            picks.append((-1, random_removal(self.num_train, fraction, rem.control_seed + f_index),
+                          f"random_{fraction:g}"))
+            for q, removed, name in picks:
+                keep = remaining_positions(self.num_train, removed)
+                indices = base / name / "indices.txt"
+                if not indices.exists():
+                    indices.parent.mkdir(parents=True, exist_ok=True)
+                    write_index_file(indices, [int(self.dataset.indices[p]) for p in keep.tolist()])
+                steps = scale_steps(self.config.retraining.full_steps, self.num_train, len(keep))
+                job = RetrainJob(q, f_index, self.config.retraining.base_seed, indices, base / name / "run")
+                jobs.append(TrainingJob(job, steps, f"removal {name}"))
+        return jobs
+
+    def save_config(self, text: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.yaml").write_text(text)
+
+
+def removal_scores(scores: np.ndarray, method: MethodConfig, measurement: str, num_draws: int | None) -> np.ndarray:
+    """(N, Q) scores of ``method`` for ``measurement`` at the default damping, averaged over the groups
+    that make ``num_draws`` draws (None: the largest ``report_draws``)."""
+    draws = num_draws or max(method.report_draws)
+    groups = draws // method.draws_per_group
+    if draws % method.draws_per_group or not 1 <= groups <= method.num_groups:
+        raise ConfigError(f"removal.num_draws={draws} is not a multiple of {method.draws_per_group} draws up to "
+                          f"{method.draws_per_group * method.num_groups}.")
+    return scores[:, :groups, method.measurements.index(measurement), 0].mean(axis=1)

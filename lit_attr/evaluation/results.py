@@ -1,0 +1,236 @@
+"""The benchmark's numbers: LDS tables with noise diagnostics, removal results, JSON/markdown/PNG/TensorBoard.
+
+For every method, number of draws S, target measurement (what was retrained and measured), approximating
+measurement (whose gradient the scores use; ``loss`` for an ``elbo`` target is the paper's m.-loss
+substitution) and damping, the LDS of eq. (13) via ``LinearDatamodelingScore``. Noise diagnostics:
+
+- ``oracle``: "exact retraining" LDS, seed 0 against the mean of the other seeds (subsets with >= 2 seeds);
+- ``seed reliability``: Spearman across subsets between two seeds' measurements, mean over queries. Low
+  values mean training noise, not the attribution method, bounds the LDS;
+- ``measurement MC reliability``: the same between the two independent halves of the true-measurement
+  draws of seed 0 (the MC noise left in the targets);
+- ``split-half``: Spearman across subsets between the predictions of the two halves of the S draws of a
+  method (the MC noise of the scores).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lit_attr.evaluation.campaign import Benchmark
+from lit_attr.metrics.lds import (
+    LinearDatamodelingScore,
+    exact_retraining_lds,
+    mean_and_stderr,
+    predicted_changes,
+    seed_reliability,
+    spearman_per_query,
+    split_half_reliability,
+    subsets_to_masks,
+)
+from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences
+from lit_attr.retraining import read_subsets
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+def _stat(values: torch.Tensor) -> dict[str, float]:
+    mean, stderr = mean_and_stderr(values)
+    return {"mean": float(mean), "stderr": float(stderr)}
+
+
+def lds(scores: np.ndarray, masks: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """LDS (mean, s.e., per query) of (N, Q) scores against (M, K, Q) measurements."""
+    metric = LinearDatamodelingScore()
+    metric.update(torch.from_numpy(np.ascontiguousarray(scores)).double(), masks, targets)
+    out = metric.compute()
+    return {"mean": float(out["mean"]), "stderr": float(out["stderr"]),
+            "per_query": [float(v) for v in out["lds_per_query"]]}
+
+
+def compute_results(bench: Benchmark) -> dict[str, Any]:
+    """Everything the report shows, from the finished stages of ``bench``."""
+    cfg = bench.config
+    masks = subsets_to_masks(read_subsets(bench.root), bench.num_train)
+    measured = bench.lds_measurements()  # (M, K, 3, T, Q)
+    targets = list(cfg.true_measurements.measurements)
+    have = ~measured[:, :, 0, 0, 0].isnan()
+    results: dict[str, Any] = {
+        "protocol": cfg.retraining.protocol, "num_subsets": int(have[:, 0].sum()),
+        "num_subsets_with_two_seeds": int(have.all(1).sum()) if measured.shape[1] > 1 else 0,
+        "num_queries": cfg.queries.num_generated, "num_train": bench.num_train, "diagnostics": {}, "lds": [],
+    }
+    for t, target in enumerate(targets):
+        diag: dict[str, Any] = {"measurement_mc_reliability": _stat(spearman_per_query(measured[:, 0, 1, t],
+                                                                                        measured[:, 0, 2, t]))}
+        if results["num_subsets_with_two_seeds"] >= 3:
+            diag["seed_reliability"] = _stat(seed_reliability(measured[:, :, 0, t]))
+            diag["oracle_lds"] = _stat(exact_retraining_lds(measured[:, :, 0, t]))
+        results["diagnostics"][target] = diag
+    for method in cfg.methods:
+        scores = bench.method_scores(method)  # (N, G, Ma, D, Q)
+        for draws in method.report_draws:
+            groups = draws // method.draws_per_group
+            for a, approx in enumerate(method.measurements):
+                for d, damping in enumerate(method.dampings):
+                    block = scores[:, :groups, a, d]
+                    mean_scores = block.mean(axis=1)
+                    half = groups // 2
+                    split = split_half_reliability(torch.from_numpy(block[:, :half].mean(1)).double(),
+                                                   torch.from_numpy(block[:, half:].mean(1)).double(), masks)
+                    for t, target in enumerate(targets):
+                        row = {"method": method.name, "draw_scheme": method.draw_scheme, "num_draws": draws,
+                               "target": target, "approx": approx, "damping": damping,
+                               "default_damping": d == 0, "split_half": _stat(split),
+                               **lds(mean_scores, masks, measured[:, :, 0, t])}
+                        results["lds"].append(row)
+    results["removal"] = removal_results(bench)
+    return results
+
+
+def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
+    """Relative change of the measurement after removing top influences vs a random control, per fraction."""
+    rem = bench.config.removal
+    jobs = bench.removal_jobs() if rem.queries else []
+    if not jobs or not all((j.job.run_dir / "done.json").exists() for j in jobs):
+        return []
+    t = list(bench.config.true_measurements.measurements).index(rem.measurement)
+    full = bench.full_measurements()[0, t]
+    by_dir = {j.job.run_dir.parent.name: bench._measurements(j.job.run_dir)[0, t] for j in jobs}
+    out = []
+    for fraction in rem.fractions:
+        metric = RetrainingWithoutTopInfluences()
+        queries = torch.tensor(rem.queries)
+        removed = torch.stack([by_dir[f"q{q:03d}_top_{fraction:g}"][q] for q in rem.queries])
+        control = by_dir[f"random_{fraction:g}"][queries]
+        metric.update(full[queries], removed, control)
+        res = metric.compute()
+        out.append({"fraction": fraction, "method": rem.method, "measurement": rem.measurement,
+                    "mean": float(res["mean"]), "stderr": float(res["stderr"]),
+                    "control_mean": float(res["control_mean"]), "control_stderr": float(res["control_stderr"]),
+                    "per_query": [float(v) for v in res["relative_change"]]})
+    return out
+
+
+def _pm(stat: dict[str, float]) -> str:
+    if math.isnan(stat["mean"]):
+        return "n/a"
+    return f"{stat['mean']:.3f} ± {stat['stderr']:.3f}" if not math.isnan(stat["stderr"]) else f"{stat['mean']:.3f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The LDS table, diagnostics and removal table as markdown."""
+    lines = [f"LDS on {results['num_subsets']} subsets ({results['num_subsets_with_two_seeds']} with two seeds), "
+             f"{results['num_queries']} queries, N = {results['num_train']}, seeding protocol "
+             f"`{results['protocol']}`; mean ± s.e. over queries.", "",
+             "| method | draws | S | target | scores from | damping | LDS | split-half |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["lds"]:
+        lines.append(f"| {r['method']} | {r['draw_scheme']} | {r['num_draws']} | {r['target']} | {r['approx']} | "
+                     f"{r['damping']:g} | {_pm(r)} | {_pm(r['split_half'])} |")
+    lines += ["", "Noise diagnostics (targets):", "",
+              "| target | oracle LDS (exact retraining) | seed reliability | measurement MC reliability |",
+              "|---|---|---|---|"]
+    for target, d in results["diagnostics"].items():
+        na = {"mean": float("nan"), "stderr": float("nan")}
+        lines.append(f"| {target} | {_pm(d.get('oracle_lds', na))} | {_pm(d.get('seed_reliability', na))} | "
+                     f"{_pm(d['measurement_mc_reliability'])} |")
+    if results["removal"]:
+        lines += ["", "Retraining without top influences (relative change of the measurement vs the full model):",
+                  "", "| fraction | method | removed top positive | removed at random |", "|---|---|---|---|"]
+        for r in results["removal"]:
+            lines.append(f"| {r['fraction']:g} | {r['method']} | {_pm(r)} | "
+                         f"{_pm({'mean': r['control_mean'], 'stderr': r['control_stderr']})} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(bench: Benchmark, results: dict[str, Any]) -> dict[str, Path]:
+    """results.json, results.md, lds_bars.png, scatter.png under ``root`` and TensorBoard events."""
+    root = bench.root
+    paths = {"json": root / RESULTS_JSON, "markdown": root / RESULTS_MD}
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(paths["json"])
+    paths["markdown"].write_text(markdown(results))
+    figures = _figures(bench, results)
+    for name, fig in figures.items():
+        paths[name] = root / f"{name}.png"
+        fig.savefig(paths[name], dpi=110, bbox_inches="tight")
+    _tensorboard(root / "tensorboard", results, figures)
+    return paths
+
+
+def _headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per method and target: the largest S, scores from the target itself, default damping."""
+    best: dict[tuple, dict] = {}
+    for r in results["lds"]:
+        if r["default_damping"] and r["approx"] == r["target"]:
+            key = (r["method"], r["target"])
+            if key not in best or r["num_draws"] > best[key]["num_draws"]:
+                best[key] = r
+    return list(best.values())
+
+
+def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    rows = _headline_rows(results)
+    targets = list(results["diagnostics"])
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        sel = [r for r in rows if r["target"] == target]
+        labels = [r["method"] for r in sel]
+        means, errs = [r["mean"] for r in sel], [r["stderr"] for r in sel]
+        oracle = results["diagnostics"][target].get("oracle_lds")
+        if oracle:
+            labels.append("oracle")
+            means.append(oracle["mean"])
+            errs.append(oracle["stderr"])
+        ax.bar(range(len(labels)), means, yerr=errs, color=["C0"] * len(sel) + ["C7"] * (len(labels) - len(sel)))
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_title(f"LDS, target {target}")
+        ax.set_ylabel("LDS (Spearman)")
+    figures["lds_bars"] = fig
+    method = bench.config.methods[0]
+    scores = bench.method_scores(method)[:, :, 0, 0].mean(axis=1)
+    masks = subsets_to_masks(read_subsets(bench.root), bench.num_train)
+    predicted = predicted_changes(torch.from_numpy(scores).double(), masks)
+    target_index = targets.index(method.measurements[0]) if method.measurements[0] in targets else 0
+    actual = bench.lds_measurements()[:, :, 0, target_index].nanmean(1)
+    shown = min(4, predicted.shape[1])
+    fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.0), squeeze=False)
+    for q, ax in enumerate(axes[0]):
+        ax.scatter(predicted[:, q], actual[:, q], s=10)
+        ax.set_title(f"query {q}")
+        ax.set_xlabel("predicted change (scores)")
+        if q == 0:
+            ax.set_ylabel(f"retrained {targets[target_index]}")
+    fig.suptitle(f"{method.name}: predicted vs actual per subset")
+    figures["scatter"] = fig
+    return figures
+
+
+def _tensorboard(log_dir: Path, results: dict[str, Any], figures: dict[str, Any]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(log_dir))
+    for r in results["lds"]:
+        tag = f"lds/{r['method']}/S{r['num_draws']}/{r['target']}_from_{r['approx']}"
+        writer.add_scalar(tag, r["mean"], global_step=int(round(-math.log10(r["damping"]))) if r["damping"] > 0 else 0)
+    for target, d in results["diagnostics"].items():
+        for key, stat in d.items():
+            writer.add_scalar(f"diagnostics/{target}/{key}", stat["mean"])
+    for name, fig in figures.items():
+        writer.add_figure(name, fig)
+    writer.close()
