@@ -50,14 +50,27 @@ def subparser(parser: ArgumentParser, command: str) -> ArgumentParser:
     return parser._subcommands_action._name_parser_map[command]
 
 
+def _quiet_lightning() -> None:
+    """One line per trained model instead of Lightning's per-run banners (warnings still show)."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*module.s. in eval mode at the start of training.*")
+
+
 def main(argv: list[str] | None = None) -> int:
     from lit_attr.errors import LitAttrError
 
+    _quiet_lightning()
     parser = build_parser()
     args = parser.parse_args(argv)
     sub = args[args.command]
-    config = benchmark_config(parser.instantiate(args)[args.command])
     try:
+        config = benchmark_config(parser.instantiate(args)[args.command])
         return COMMANDS[args.command](config, sub, subparser(parser, args.command))
     except LitAttrError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -53,5 +54,6 @@ def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curva
         num_groups=method.num_groups)
     print(f"[methods] {method.name}: scoring {method.num_groups} x {method.draws_per_group} draws, "
           f"measurements {method.measurements}, dampings {method.dampings} ...", flush=True)
+    start = time.perf_counter()
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
-    print(f"[methods] {method.name}: done ({module.timings}).", flush=True)
+    print(f"[methods] {method.name}: done in {time.perf_counter() - start:.0f} s.", flush=True)

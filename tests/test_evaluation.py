@@ -1,0 +1,166 @@
+"""The LDS harness: common seeding, true measurements, variant scoring, and evaluate.py end to end."""
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from callbacks.curvature import KFACCallback
+from callbacks.score_writer import ScoreWriter
+from lit_attr.attribution.influence import InfluenceModule
+from lit_attr.data.datamodules import AttributionDataModule
+from lit_attr.data.datasets import write_index_file
+from lit_attr.ddpm_module import DDPMModule
+from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
+from lit_attr.diffusion.loss import expand_draws, loss_per_draw, unet_eps_model
+from lit_attr.evaluation import training
+from lit_attr.evaluation.true_measurements import STREAM, measure_queries
+from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
+from lit_attr.storage import load_scores
+from tests.helpers import ROOT, run_script
+
+TINY_RECIPE = ROOT / "configs" / "lds" / "tiny_train.yaml"
+
+
+def record_training_streams(monkeypatch, tmp_path, subset, seed, name):
+    """Train the tiny recipe 3 steps on ``subset``; returns initial weights and per-step (positions, t, noise)."""
+    write_index_file(tmp_path / f"{name}.txt", subset)
+    position_of = {index: pos for pos, index in enumerate(sorted(subset))}
+    steps, initial = [], {}
+    original_step = DDPMModule.training_step
+
+    def recording_step(self, batch, batch_idx):
+        if not initial:
+            initial.update({k: v.clone() for k, v in self.unet.state_dict().items()})
+        positions = [position_of[int(i)] for i in batch["index"]]
+        rng = torch.get_rng_state()
+        t = torch.randint(0, self.schedule.num_timesteps, (len(positions),))
+        noise = torch.randn_like(batch["image"])
+        torch.set_rng_state(rng)  # training_step draws the very same numbers next
+        steps.append((positions, t, noise))
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DDPMModule, "training_step", recording_step)
+    training.train_model(TINY_RECIPE, tmp_path / name, max_steps=3, seed=seed, subset_file=tmp_path / f"{name}.txt")
+    monkeypatch.setattr(DDPMModule, "training_step", original_step)
+    return initial, steps
+
+
+def test_common_seed_gives_equal_streams_on_equal_size_subsets(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = (sorted(rng.choice(1797, 200, replace=False).tolist()) for _ in range(2))
+    init_a, steps_a = record_training_streams(monkeypatch, tmp_path, a, seed=7, name="a")
+    init_b, steps_b = record_training_streams(monkeypatch, tmp_path, b, seed=7, name="b")
+    init_c, steps_c = record_training_streams(monkeypatch, tmp_path, a, seed=8, name="c")
+    assert len(steps_a) == len(steps_b) == 3
+    assert all(torch.equal(init_a[k], init_b[k]) for k in init_a)
+    for (pa, ta, na), (pb, tb, nb) in zip(steps_a, steps_b):
+        assert pa == pb and torch.equal(ta, tb) and torch.equal(na, nb)
+    # another seed changes the initialisation and every stream
+    assert not all(torch.equal(init_a[k], init_c[k]) for k in init_a)
+    assert steps_a[0][0] != steps_c[0][0] and not torch.equal(steps_a[0][1], steps_c[0][1])
+    assert (tmp_path / "a" / training.MODEL_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_lds")
+    run = training.train_model(TINY_RECIPE, root / "full", max_steps=6, seed=0)
+    write_index_file(root / "subset.txt", range(64))
+    return run
+
+
+def test_true_measurements_use_common_draws_and_match_a_direct_computation(tiny_model):
+    ddpm = tiny_model.module
+    images = ddpm.generate(3, seed=0, num_steps=5).images
+    values = measure_queries(ddpm, images, ["loss", "elbo"], num_draws=8, seed=3)
+    assert values.shape == (3, 2, 3)
+    assert torch.equal(values, measure_queries(ddpm, images, ["loss", "elbo"], num_draws=8, seed=3))
+    assert not torch.equal(values, measure_queries(ddpm, images, ["loss", "elbo"], num_draws=8, seed=4))
+    halves = []
+    for h in range(2):
+        t, noise = draw_for_batch(torch.arange(3), 4, (1, 8, 8), 1000, 3, f"{STREAM}/{h}", DrawScheme.STRATIFIED)
+        x0, tf, eps = expand_draws(images, t, noise)
+        with torch.no_grad():
+            mse = loss_per_draw(unet_eps_model(ddpm.attribution_unet), ddpm.schedule, x0, tf, eps).double().view(3, 4)
+        elbo = (mse * 64 * ddpm.schedule.elbo_weights().double()[t] * 1000).mean(1)
+        halves.append(torch.stack([mse.mean(1), elbo]))
+    torch.testing.assert_close(values[1], halves[0], rtol=1e-5, atol=0)
+    torch.testing.assert_close(values[2], halves[1], rtol=1e-5, atol=0)
+    torch.testing.assert_close(values[0], (halves[0] + halves[1]) / 2, rtol=1e-5, atol=0)
+
+
+def _trainer():
+    return L.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False,
+                     callbacks=[KFACCallback(num_draws=2, progressbar=False), ScoreWriter()])
+
+
+def test_variant_columns_equal_separate_influence_runs(tiny_model, tmp_path):
+    """Group 0 equals attribute.py's scores; group g's stream, each measurement and damping likewise."""
+    common = dict(checkpoint=str(tiny_model.checkpoint), queries={"num_generated": 2, "num_sampling_steps": 5},
+                  measurement={"num_draws": 4}, num_draws=2, seed=1, query_compression="none")
+    data = lambda: AttributionDataModule(subset_file=str(tiny_model.checkpoint.parents[1] / "subset.txt"),  # noqa: E731
+                                         batch_size=32)
+    variants = VariantInfluenceModule(output_dir=str(tmp_path / "variants"), measurements=["loss", "elbo"],
+                                      dampings=[1e-3, 1e-1], num_groups=2, **common)
+    _trainer().predict(variants, datamodule=data(), return_predictions=False)
+    scores = load_variant_scores(tmp_path / "variants")
+    assert scores.shape == (64, 2, 2, 2, 2)
+    for measurement, m in (("loss", 0), ("elbo", 1)):
+        for damping, d in ((1e-3, 0), (1e-1, 1)):
+            single = InfluenceModule(output_dir=str(tmp_path / f"{measurement}_{d}"), damping=damping,
+                                     **{**common, "measurement": {"num_draws": 4, "measurement": measurement}})
+            _trainer().predict(single, datamodule=data(), return_predictions=False)
+            np.testing.assert_allclose(scores[:, 0, m, d], load_scores(tmp_path / f"{measurement}_{d}"),
+                                       rtol=2e-3, atol=1e-6 * np.abs(scores[:, 0, m, d]).max())
+    assert not np.allclose(scores[:, 0], scores[:, 1])  # group 1 uses other draws
+
+
+def smoke_args(tmp_path, *extra):
+    return ["evaluate.py", "run", "--config", "configs/lds/smoke.yaml", f"--root={tmp_path / 'bench'}", *extra]
+
+
+def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
+    proc = run_script(*smoke_args(tmp_path, "--retraining.workers=2"), threads=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench = tmp_path / "bench"
+    results = json.loads((bench / "results.json").read_text())
+    assert results["num_subsets"] == 4 and results["num_subsets_with_two_seeds"] == 3
+    assert len(results["lds"]) == 2 * 2 * 2 * 2  # S x approx measurement x damping x target
+    assert all(-1 <= r["mean"] <= 1 for r in results["lds"])
+    assert "oracle_lds" in results["diagnostics"]["loss"] and len(results["removal"]) == 1
+    for name in ("results.md", "lds_bars.png", "scatter.png"):
+        assert (bench / name).stat().st_size > 0
+    assert list((bench / "tensorboard").iterdir())
+    assert "| kfac | independent | 4 | elbo | loss |" in proc.stdout
+    done = sorted(bench.glob("retrain/subset_*/seed_*/done.json"))
+    assert len(done) == 7
+    stamps = [p.stat().st_mtime_ns for p in done]
+    again = run_script(*smoke_args(tmp_path), threads=1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[lds] 7/7 models already done; training 0." in again.stdout
+    assert "kfac: already scored" in again.stdout
+    assert [p.stat().st_mtime_ns for p in done] == stamps
+    share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
+                       "--start=2", "--count=3")
+    assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout
+
+
+def test_bad_benchmark_input_fails_clearly(tmp_path):
+    bench = tmp_path / "bench"
+    refused = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}")
+    assert refused.returncode == 2 and "full model is not trained yet" in refused.stderr
+    missing = run_script(*smoke_args(tmp_path, "--retraining.recipe=nowhere.yaml"))
+    assert missing.returncode == 2 and "retraining.recipe nowhere.yaml does not exist" in missing.stderr
+    config = yaml.safe_load((ROOT / "configs" / "lds" / "smoke.yaml").read_text())
+    config["methods"][0]["report_draws"] = [3]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    bad = run_script("evaluate.py", "run", "--config", str(tmp_path / "bad.yaml"), f"--root={bench}")
+    assert bad.returncode == 2 and "report_draws 3 must be an even multiple" in bad.stderr
+    assert not (bench / "results.json").exists()
+
+
