@@ -83,8 +83,9 @@ def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
 
     start = time.perf_counter()
     bench = Benchmark(config)
-    bench.save_config(parser.dump(args, skip_none=False, skip_validation=True))
+    bench.save_config(parser.dump(args, skip_validation=True))
     workers = config.retraining.workers
+    bench.link_reused()
     bench.run_jobs([bench.full_job()], stage="full")
     bench.queries()
     bench.write_subsets()

@@ -130,10 +130,13 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     bench = tmp_path / "bench"
     results = json.loads((bench / "results.json").read_text())
     assert results["num_subsets"] == 4 and results["num_subsets_with_two_seeds"] == 3
-    assert len(results["lds"]) == 2 * 2 * 2 * 2  # S x approx measurement x damping x target
+    kfac_rows = 2 * 2 * 2 * 2  # S x approx measurement x damping x target
+    assert len(results["lds"]) == kfac_rows + 2 * 2 + 2 + 2  # + TRAK (2 dampings), D-TRAK, pixel
     assert all(-1 <= r["mean"] <= 1 for r in results["lds"])
+    assert {(c["method"], c["approx"]) for c in results["comparison"]} >= {("dtrak", "sqnorm"), ("pixel", "pixel"),
+                                                                           ("trak", "loss"), ("kfac", "elbo")}
     assert "oracle_lds" in results["diagnostics"]["loss"] and len(results["removal"]) == 1
-    for name in ("results.md", "lds_bars.png", "scatter.png"):
+    for name in ("results.md", "lds_bars.png", "scatter.png", "damping.png"):
         assert (bench / name).stat().st_size > 0
     assert list((bench / "tensorboard").iterdir())
     assert "| kfac | independent | 4 | elbo | loss |" in proc.stdout
@@ -143,11 +146,19 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     again = run_script(*smoke_args(tmp_path), threads=1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[lds] 7/7 models already done; training 0." in again.stdout
-    assert "kfac: already scored" in again.stdout
+    for method in ("kfac", "trak", "dtrak", "pixel"):
+        assert f"{method}: already scored" in again.stdout
     assert [p.stat().st_mtime_ns for p in done] == stamps
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout
+    # the other seeding protocol on the same full model and scores: only the LDS models are trained
+    other = run_script("evaluate.py", "run", "--config", "configs/lds/smoke.yaml", f"--root={tmp_path / 'indep'}",
+                       f"--reuse={bench}", "--retraining.protocol=independent", "--removal.queries=[]")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "[full] 1/1 models already done" in other.stdout and "[lds] 0/7 models already done" in other.stdout
+    assert "trak: already scored" in other.stdout
+    assert json.loads((tmp_path / "indep" / "results.json").read_text())["protocol"] == "independent"
 
 
 def test_bad_benchmark_input_fails_clearly(tmp_path):
@@ -164,3 +175,27 @@ def test_bad_benchmark_input_fails_clearly(tmp_path):
     assert not (bench / "results.json").exists()
 
 
+
+
+def test_dtrak_gradients_are_squared_output_norm_gradients(tiny_model, tmp_path):
+    from lit_attr.evaluation.projected import ProjectedGradientModule
+    from tests.reference import loop_per_example_gradients
+
+    module = ProjectedGradientModule(checkpoint=str(tiny_model.checkpoint), output_dir=str(tmp_path),
+                                     training_function="sqnorm", projection_dim=8, num_draws=3, seed=2)
+    unet, schedule = module.ddpm.attribution_unet, module.ddpm.schedule
+    unet.requires_grad_(True)
+    x0, index = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([5, 9, 11, 200])
+    batched = module._sqnorm_gradients(x0, index, 3, "train")
+    t, noise = draw_for_batch(index, 3, (1, 8, 8), 1000, 2, "train", DrawScheme.INDEPENDENT)
+
+    def example_sqnorm(b):
+        x_t = schedule.q_sample(x0[b:b + 1].expand(3, -1, -1, -1), t[b], noise[b])
+        return unet(x_t, t[b]).sample.pow(2).flatten(1).mean(1).mean()
+
+    expected = loop_per_example_gradients(module.kfac_modules, example_sqnorm, 4)
+    for name in expected:
+        torch.testing.assert_close(batched[name], expected[name], rtol=1e-4, atol=1e-6)
+    # the D-TRAK function is not the loss: its gradient differs from the loss gradient
+    loss_grads = module.training_gradients({"image": x0, "index": index})
+    assert not torch.allclose(loss_grads, torch.cat([g.flatten(1) for g in batched.values()], 1), atol=1e-3)

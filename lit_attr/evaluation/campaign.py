@@ -61,6 +61,25 @@ class TrainingJob:
     label: str
 
 
+@dataclass
+class ScoreSet:
+    """A method's scores with ``draws`` draws (0: no draws, e.g. similarity).
+
+    Attributes:
+        approx: labels of axis 1 (the measurement whose gradient the scores use).
+        dampings: values of axis 2.
+        scores: (N, len(approx), len(dampings), Q).
+        half_a, half_b: the same from the two halves of the draws (None when there are no draws).
+    """
+
+    draws: int
+    approx: list[str]
+    dampings: list[float]
+    scores: np.ndarray
+    half_a: np.ndarray | None
+    half_b: np.ndarray | None
+
+
 class Benchmark:
     """One benchmark folder and its settings; methods run the stages in order."""
 
@@ -70,18 +89,27 @@ class Benchmark:
         self._dataset: IndexedDataset | None = None
 
     # ------------------------------------------------------------------ data and recipe
+    def data_settings(self) -> dict:
+        """The recipe's ``data`` section with the ``--data.*=`` entries of ``retraining.train_args`` applied."""
+        import yaml
+
+        recipe = Path(self.config.retraining.recipe)
+        if not recipe.is_file():
+            raise ConfigError(f"retraining.recipe {recipe} does not exist; point it to a train.py config.")
+        data = dict((yaml.safe_load(recipe.read_text()) or {}).get("data") or {})
+        for arg in self.config.retraining.train_args:
+            if arg.startswith("--data.") and "=" in arg:
+                key, value = arg[len("--data."):].split("=", 1)
+                data[key] = yaml.safe_load(value)
+        if data.get("subset_file"):
+            raise ConfigError(f"{recipe} sets data.subset_file; the benchmark recipe must train on all data.")
+        return data
+
     @property
     def dataset(self) -> IndexedDataset:
         """The full training set of the recipe (its ``data`` section)."""
         if self._dataset is None:
-            import yaml
-
-            recipe = Path(self.config.retraining.recipe)
-            if not recipe.is_file():
-                raise ConfigError(f"retraining.recipe {recipe} does not exist; point it to a train.py config.")
-            data = (yaml.safe_load(recipe.read_text()) or {}).get("data") or {}
-            if data.get("subset_file"):
-                raise ConfigError(f"{recipe} sets data.subset_file; the benchmark recipe must train on all data.")
+            data = self.data_settings()
             keys = ("data_dir", "image_size", "channels", "cifar2_seed", "num_per_class")
             self._dataset = DatasetConfig(name=data.get("dataset", "digits"), **{k: data[k] for k in keys if k in data},
                                           train=True).build()
@@ -165,7 +193,8 @@ class Benchmark:
         """Train, measure and mark one job done; returns its wall time."""
         start = time.perf_counter()
         t = self.config.true_measurements
-        run = train_model(self.config.retraining.recipe, job.job.run_dir, job.steps, job.job.seed, job.job.indices_file)
+        r = self.config.retraining
+        run = train_model(r.recipe, job.job.run_dir, job.steps, job.job.seed, job.job.indices_file, r.train_args)
         values = measure_queries(run.module, self.queries().images, t.measurements, t.num_draws, t.seed)
         torch.save({"values": values, "measurements": list(t.measurements), "num_draws": t.num_draws,
                     "seed": t.seed}, job.job.run_dir / MEASUREMENTS_FILE)
@@ -213,19 +242,47 @@ class Benchmark:
         return self.root / "methods" / method.name
 
     def run_method(self, method: MethodConfig) -> None:
-        """Score every training example for every variant of ``method`` (resumable ScoreStore)."""
-        from lit_attr.evaluation.scoring import score_method
+        """Score every training example for every variant of ``method`` (resumable)."""
+        from lit_attr.evaluation import scoring
 
         out = self.method_dir(method)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / QUERIES_FILE).exists():
             self.queries()
             shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
-        score_method(method, self.full_job().job.run_dir / "model.ckpt", out, self.root / "curvature",
-                     self.config.retraining.recipe, self.config.queries)
+        checkpoint = self.full_job().job.run_dir / "model.ckpt"
+        if method.kind == "kfac":
+            scoring.score_method(method, checkpoint, out, self.root / "curvature", self.data_settings(),
+                                 self.config.queries)
+        elif method.kind in ("trak", "dtrak"):
+            scoring.score_projected(method, checkpoint, out, self.data_settings(), self.config.queries)
+        else:
+            scoring.score_similarity(method, self.dataset, self.queries().images, out)
+
+    def score_sets(self, method: MethodConfig) -> list[ScoreSet]:
+        """The scores of a finished method for each reported number of draws."""
+        out = self.method_dir(method)
+        if method.kind == "kfac":
+            scores = self.method_scores(method)  # (N, G, M, D, Q)
+            sets = []
+            for draws in method.report_draws:
+                k = draws // method.draws_per_group
+                sets.append(ScoreSet(draws, list(method.measurements), list(method.dampings),
+                                     scores[:, :k].mean(axis=1), scores[:, :k // 2].mean(axis=1),
+                                     scores[:, k // 2:k].mean(axis=1)))
+            return sets
+        if method.kind in ("trak", "dtrak"):
+            from lit_attr.evaluation.projected import SCORES_FILE
+
+            stored = np.load(out / SCORES_FILE)
+            labels = ["sqnorm"] if method.kind == "dtrak" else list(method.measurements)
+            return [ScoreSet(d, labels, list(method.dampings), stored[f"S{d}"], stored[f"S{d}_a"], stored[f"S{d}_b"])
+                    for d in method.report_draws]
+        scores = np.load(out / "scores.npy")[:, None, None, :]
+        return [ScoreSet(0, [method.kind], [0.0], scores, None, None)]
 
     def method_scores(self, method: MethodConfig) -> np.ndarray:
-        """(N, G, M, D, Q) scores of a finished method."""
+        """(N, G, M, D, Q) scores of a finished K-FAC method."""
         from lit_attr.evaluation.variants import load_variant_scores
 
         return load_variant_scores(self.method_dir(method))
@@ -237,7 +294,7 @@ class Benchmark:
         if not rem.queries:
             return []
         method = next(m for m in self.config.methods if m.name == rem.method)
-        scores = torch.from_numpy(removal_scores(self.method_scores(method), method, rem.measurement, rem.num_draws))
+        scores = torch.from_numpy(removal_scores(self.score_sets(method), rem.measurement, rem.num_draws))
         base = self.root / "removal" / method.name
         jobs = []
         for f_index, fraction in enumerate(rem.fractions):
@@ -260,13 +317,29 @@ class Benchmark:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "config.yaml").write_text(text)
 
+    def link_reused(self) -> None:
+        """Symlink ``full/``, ``queries.pt``, ``methods/`` and ``curvature/`` from ``config.reuse`` (once)."""
+        if self.config.reuse is None:
+            return
+        source = Path(self.config.reuse).expanduser().resolve()
+        if not (source / FULL_DIR / "done.json").exists():
+            raise ConfigError(f"reuse={self.config.reuse}: no finished full model there; run that benchmark first.")
+        if source == self.root.resolve():
+            raise ConfigError("reuse must name another benchmark root than root.")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for name in (FULL_DIR, QUERIES_FILE, "methods", "curvature"):
+            link = self.root / name
+            if (source / name).exists() and not link.exists() and not link.is_symlink():
+                link.symlink_to(source / name, target_is_directory=(source / name).is_dir())
 
-def removal_scores(scores: np.ndarray, method: MethodConfig, measurement: str, num_draws: int | None) -> np.ndarray:
-    """(N, Q) scores of ``method`` for ``measurement`` at the default damping, averaged over the groups
-    that make ``num_draws`` draws (None: the largest ``report_draws``)."""
-    draws = num_draws or max(method.report_draws)
-    groups = draws // method.draws_per_group
-    if draws % method.draws_per_group or not 1 <= groups <= method.num_groups:
-        raise ConfigError(f"removal.num_draws={draws} is not a multiple of {method.draws_per_group} draws up to "
-                          f"{method.draws_per_group * method.num_groups}.")
-    return scores[:, :groups, method.measurements.index(measurement), 0].mean(axis=1)
+
+def removal_scores(sets: list[ScoreSet], measurement: str, num_draws: int | None) -> np.ndarray:
+    """(N, Q) scores for ``measurement`` at the default damping with ``num_draws`` draws (None: the most)."""
+    chosen = max(sets, key=lambda s: s.draws) if num_draws is None else next(
+        (s for s in sets if s.draws == num_draws), None)
+    if chosen is None:
+        raise ConfigError(f"removal.num_draws={num_draws} is not among the method's report_draws "
+                          f"{[s.draws for s in sets]}.")
+    if measurement not in chosen.approx:
+        raise ConfigError(f"removal.measurement={measurement!r} is not among the method's measurements {chosen.approx}.")
+    return chosen.scores[:, chosen.approx.index(measurement), 0]

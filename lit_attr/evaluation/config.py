@@ -31,6 +31,8 @@ class RetrainingConfig:
 
     recipe: str = "configs/lds/digits_train.yaml"
     """``train.py`` config of every model (model, data, optimiser, trainer)."""
+    train_args: list[str] = field(default_factory=list)
+    """Extra ``train.py`` overrides for every model, e.g. ``["--data.data_dir=/data/cifar-10-batches-py"]``."""
     full_steps: int = 600
     """Training steps of the full-data model; subsets get as many epochs (App. G.7)."""
     protocol: Literal["independent", "common"] = "common"
@@ -85,6 +87,8 @@ class MethodConfig:
 
     name: str = "kfac"
     """Label and folder name (``<root>/methods/<name>``)."""
+    kind: Literal["kfac", "trak", "dtrak", "pixel", "clip"] = "kfac"
+    """K-FAC influence (ours), TRAK, D-TRAK, pixel cosine or CLIP cosine."""
     draw_scheme: Literal["independent", "shared", "stratified"] = "independent"
     """Draw scheme of the training and query gradients."""
     draws_per_group: int = 16
@@ -105,8 +109,23 @@ class MethodConfig:
     """Training examples per scoring batch."""
     seed: int = 0
     """Seed of the training and query draws."""
+    projection_dim: int = 4096
+    """TRAK / D-TRAK: d_proj of the random projection (the paper used 32768)."""
+    projection_kind: Literal["gaussian", "rademacher"] = "gaussian"
+    """TRAK / D-TRAK: entries of the projection matrix."""
+    projection_seed: int = 0
+    """TRAK / D-TRAK: seed of the projection matrix."""
+    clip_model: str = "ViT-B-32"
+    """CLIP: open_clip model name."""
+    clip_weights: str | None = None
+    """CLIP: local open_clip checkpoint file (never downloaded)."""
 
     def __post_init__(self) -> None:
+        if self.kind in ("pixel", "clip"):
+            self.report_draws = [0]
+            if self.kind == "clip" and not self.clip_weights:
+                raise ConfigError(f"Method {self.name!r}: kind clip needs clip_weights, a local open_clip checkpoint.")
+            return
         total = self.draws_per_group * self.num_groups
         for s in self.report_draws:
             groups, rest = divmod(s, self.draws_per_group)
@@ -144,6 +163,9 @@ class BenchmarkConfig:
     queries: QueriesConfig = field(default_factory=QueriesConfig)
     methods: list[MethodConfig] = field(default_factory=lambda: [MethodConfig()])
     removal: RemovalConfig = field(default_factory=RemovalConfig)
+    reuse: str | None = None
+    """Root of another benchmark with the same recipe, queries and methods whose full model, queries and
+    method scores this one links to instead of recomputing (e.g. to retrain under the other seeding protocol)."""
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.methods]

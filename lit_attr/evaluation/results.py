@@ -75,22 +75,21 @@ def compute_results(bench: Benchmark) -> dict[str, Any]:
             diag["oracle_lds"] = _stat(exact_retraining_lds(measured[:, :, 0, t]))
         results["diagnostics"][target] = diag
     for method in cfg.methods:
-        scores = bench.method_scores(method)  # (N, G, Ma, D, Q)
-        for draws in method.report_draws:
-            groups = draws // method.draws_per_group
-            for a, approx in enumerate(method.measurements):
-                for d, damping in enumerate(method.dampings):
-                    block = scores[:, :groups, a, d]
-                    mean_scores = block.mean(axis=1)
-                    half = groups // 2
-                    split = split_half_reliability(torch.from_numpy(block[:, :half].mean(1)).double(),
-                                                   torch.from_numpy(block[:, half:].mean(1)).double(), masks)
+        for score_set in bench.score_sets(method):
+            for a, approx in enumerate(score_set.approx):
+                for d, damping in enumerate(score_set.dampings):
+                    split = {"mean": float("nan"), "stderr": float("nan")}
+                    if score_set.half_a is not None:
+                        split = _stat(split_half_reliability(torch.from_numpy(score_set.half_a[:, a, d]).double(),
+                                                             torch.from_numpy(score_set.half_b[:, a, d]).double(),
+                                                             masks))
                     for t, target in enumerate(targets):
-                        row = {"method": method.name, "draw_scheme": method.draw_scheme, "num_draws": draws,
-                               "target": target, "approx": approx, "damping": damping,
-                               "default_damping": d == 0, "split_half": _stat(split),
-                               **lds(mean_scores, masks, measured[:, :, 0, t])}
+                        row = {"method": method.name, "kind": method.kind, "draw_scheme": method.draw_scheme,
+                               "num_draws": score_set.draws, "target": target, "approx": approx,
+                               "damping": damping, "default_damping": d == 0, "split_half": split,
+                               **lds(score_set.scores[:, a, d], masks, measured[:, :, 0, t])}
                         results["lds"].append(row)
+    results["comparison"] = comparison(results)
     results["removal"] = removal_results(bench)
     return results
 
@@ -127,7 +126,13 @@ def _pm(stat: dict[str, float]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The LDS table, diagnostics and removal table as markdown."""
-    lines = [f"LDS on {results['num_subsets']} subsets ({results['num_subsets_with_two_seeds']} with two seeds), "
+    lines = ["| method | target | scores from | S | LDS (default damping) | LDS (best damping) |",
+             "|---|---|---|---|---|---|"]
+    for c in results.get("comparison", []):
+        lines.append(f"| {c['method']} | {c['target']} | {c['approx']} | {c['num_draws']} | "
+                     f"{_pm(c['default'])} ({c['default']['damping']:g}) | {_pm(c['best'])} ({c['best']['damping']:g}) |")
+    lines += [""]
+    lines += [f"LDS on {results['num_subsets']} subsets ({results['num_subsets_with_two_seeds']} with two seeds), "
              f"{results['num_queries']} queries, N = {results['num_train']}, seeding protocol "
              f"`{results['protocol']}`; mean ± s.e. over queries.", "",
              "| method | draws | S | target | scores from | damping | LDS | split-half |",
@@ -167,15 +172,32 @@ def write_results(bench: Benchmark, results: dict[str, Any]) -> dict[str, Path]:
     return paths
 
 
-def _headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per method and target: the largest S, scores from the target itself, default damping."""
-    best: dict[tuple, dict] = {}
+def _headline_rows(results: dict[str, Any], best_damping: bool = False) -> list[dict[str, Any]]:
+    """Per method and target: the most draws, scores from the target itself (else the method's own
+    function, e.g. D-TRAK's ``sqnorm``), at the default damping or at the best one."""
+    chosen: dict[tuple, dict] = {}
     for r in results["lds"]:
-        if r["default_damping"] and r["approx"] == r["target"]:
-            key = (r["method"], r["target"])
-            if key not in best or r["num_draws"] > best[key]["num_draws"]:
-                best[key] = r
-    return list(best.values())
+        key = (r["method"], r["target"])
+        own = [x for x in results["lds"] if (x["method"], x["target"]) == key]
+        approx = r["target"] if any(x["approx"] == r["target"] for x in own) else own[0]["approx"]
+        draws = max(x["num_draws"] for x in own)
+        if r["approx"] != approx or r["num_draws"] != draws or (not best_damping and not r["default_damping"]):
+            continue
+        if key not in chosen or (best_damping and r["mean"] > chosen[key]["mean"]):
+            chosen[key] = r
+    return list(chosen.values())
+
+
+def comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The comparison table (like the paper's Fig. 2): LDS at the default and at the best damping."""
+    best = {(r["method"], r["target"]): r for r in _headline_rows(results, best_damping=True)}
+    rows = []
+    for r in _headline_rows(results):
+        b = best[(r["method"], r["target"])]
+        rows.append({"method": r["method"], "target": r["target"], "approx": r["approx"], "num_draws": r["num_draws"],
+                     "default": {"damping": r["damping"], "mean": r["mean"], "stderr": r["stderr"]},
+                     "best": {"damping": b["damping"], "mean": b["mean"], "stderr": b["stderr"]}})
+    return rows
 
 
 def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
@@ -202,11 +224,28 @@ def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
         ax.set_title(f"LDS, target {target}")
         ax.set_ylabel("LDS (Spearman)")
     figures["lds_bars"] = fig
+    swept = sorted({r["method"] for r in results["lds"] if not r["default_damping"]})
+    if swept:
+        fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
+        for ax, target in zip(axes[0], targets):
+            for method in swept:
+                head = next(r for r in rows if r["method"] == method and r["target"] == target)
+                curve = sorted((r["damping"], r["mean"]) for r in results["lds"] if r["method"] == method
+                               and r["target"] == target and r["approx"] == head["approx"]
+                               and r["num_draws"] == head["num_draws"] and r["damping"] > 0)
+                ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", label=method)
+            ax.set_xscale("log")
+            ax.set_xlabel("damping (mean-loss GGN units)")
+            ax.set_ylabel("LDS")
+            ax.set_title(f"target {target}")
+            ax.legend(fontsize=7)
+        figures["damping"] = fig
     method = bench.config.methods[0]
-    scores = bench.method_scores(method)[:, :, 0, 0].mean(axis=1)
+    first = max(bench.score_sets(method), key=lambda s: s.draws)
+    scores = first.scores[:, 0, 0]
     masks = subsets_to_masks(read_subsets(bench.root), bench.num_train)
     predicted = predicted_changes(torch.from_numpy(scores).double(), masks)
-    target_index = targets.index(method.measurements[0]) if method.measurements[0] in targets else 0
+    target_index = targets.index(first.approx[0]) if first.approx[0] in targets else 0
     actual = bench.lds_measurements()[:, :, 0, target_index].nanmean(1)
     shown = min(4, predicted.shape[1])
     fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.0), squeeze=False)

@@ -15,6 +15,7 @@ from lit_attr.attribution.queries import QueryConfig
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.evaluation.config import MethodConfig, QueriesConfig
 from lit_attr.evaluation.variants import VariantInfluenceModule
+from lit_attr.errors import StoreMismatchError
 from lit_attr.storage import read_json
 
 CURVATURE_SEED = 0
@@ -28,16 +29,36 @@ def curvature_path(curvature_dir: Path, method: MethodConfig) -> Path:
     return curvature_dir / f"{name}.safetensors"
 
 
-def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curvature_dir: Path, recipe: str,
+def settings_mismatch(method: MethodConfig, metadata: dict) -> dict[str, tuple]:
+    """Settings of ``method`` that differ from a stored run's ``metadata``: key -> (stored, wanted)."""
+    c = method.curvature
+    wanted = {"num_draws": method.draws_per_group, "num_groups": method.num_groups, "seed": method.seed,
+              "draw_scheme": method.draw_scheme, "measurements": list(method.measurements),
+              "dampings": [float(d) for d in method.dampings],
+              "measurement.num_draws": method.query_num_draws, "curvature.num_draws": c.num_draws,
+              "curvature.fisher_type": c.fisher_type, "curvature.kfac_approx": c.kfac_approx,
+              "curvature.eigenvalue_correction": c.eigenvalue_correction}
+    stored = {key: metadata.get(key) for key in ("num_draws", "num_groups", "seed", "draw_scheme", "measurements",
+                                                  "dampings")}
+    stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
+    for key in ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction"):
+        stored[f"curvature.{key}"] = (metadata.get("curvature") or {}).get(key)
+    return {key: (stored[key], value) for key, value in wanted.items() if stored[key] != value}
+
+
+def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curvature_dir: Path, recipe: str | dict,
                  queries: QueriesConfig) -> None:
     """Score all training examples of the recipe's data for every variant of ``method``; skipped when done."""
     metadata = output_dir / "metadata.json"
-    if metadata.exists() and read_json(metadata).get("finalized"):
-        print(f"[methods] {method.name}: already scored.", flush=True)
-        return
-    data = (yaml.safe_load(Path(recipe).read_text()) or {}).get("data") or {}
-    keep = ("dataset", "data_dir", "image_size", "channels", "cifar2_seed", "num_per_class")
-    datamodule = AttributionDataModule(**{k: v for k, v in data.items() if k in keep}, batch_size=method.batch_size)
+    if metadata.exists():
+        differing = settings_mismatch(method, read_json(metadata))
+        if differing:
+            raise StoreMismatchError(f"{output_dir} holds scores of method {method.name!r} made with other settings "
+                                     f"{differing} (stored, wanted); rename the method or delete that folder.")
+        if read_json(metadata).get("finalized"):
+            print(f"[methods] {method.name}: already scored.", flush=True)
+            return
+    datamodule = _attribution_data(recipe, method.batch_size)
     c = method.curvature
     kfac = KFACCallback(num_draws=c.num_draws, fisher_type=c.fisher_type, kfac_approx=c.kfac_approx,
                         eigenvalue_correction=c.eigenvalue_correction, seed=CURVATURE_SEED,
@@ -57,3 +78,59 @@ def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curva
     start = time.perf_counter()
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     print(f"[methods] {method.name}: done in {time.perf_counter() - start:.0f} s.", flush=True)
+
+
+def _attribution_data(recipe: str | dict, batch_size: int) -> AttributionDataModule:
+    """The attribution data of a recipe file or of its ``data`` settings (``Benchmark.data_settings``)."""
+    data = recipe if isinstance(recipe, dict) else (yaml.safe_load(Path(recipe).read_text()) or {}).get("data") or {}
+    keep = ("dataset", "data_dir", "image_size", "channels", "cifar2_seed", "num_per_class")
+    return AttributionDataModule(**{k: v for k, v in data.items() if k in keep}, batch_size=batch_size)
+
+
+def score_projected(method: MethodConfig, checkpoint: Path, output_dir: Path, recipe: str | dict,
+                    queries: QueriesConfig) -> None:
+    """TRAK / D-TRAK: projected gradients in one pass (``ProjectedGradientModule``), then closed-form scores."""
+    from lit_attr.evaluation.projected import SCORES_FILE, ProjectedGradientModule, finish_projected_scores
+
+    if (output_dir / SCORES_FILE).exists():
+        print(f"[methods] {method.name}: already scored.", flush=True)
+        return
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[ScoreWriter()])
+    module = ProjectedGradientModule(
+        checkpoint=str(checkpoint), output_dir=str(output_dir),
+        queries=QueryConfig(queries.num_generated, queries.seed, queries.num_sampling_steps),
+        measurement=MeasurementConfig(measurement=method.measurements[0], num_draws=method.query_num_draws),
+        num_draws=method.draws_per_group, seed=method.seed, draw_scheme=method.draw_scheme,
+        training_function="sqnorm" if method.kind == "dtrak" else "loss", measurements=list(method.measurements),
+        projection_dim=method.projection_dim, projection_kind=method.projection_kind,
+        projection_seed=method.projection_seed, num_groups=method.num_groups)
+    print(f"[methods] {method.name}: projecting {method.num_groups} x {method.draws_per_group} draws to "
+          f"d = {method.projection_dim} ...", flush=True)
+    start = time.perf_counter()
+    trainer.predict(module, datamodule=_attribution_data(recipe, method.batch_size), return_predictions=False)
+    finish_projected_scores(output_dir, method.report_draws, method.draws_per_group, list(method.dampings))
+    print(f"[methods] {method.name}: done in {time.perf_counter() - start:.0f} s.", flush=True)
+
+
+def score_similarity(method: MethodConfig, dataset, query_images, output_dir: Path) -> None:
+    """Pixel or CLIP cosine similarity of every training image to every query: ``scores.npy`` (N, Q)."""
+    import numpy as np
+    import torch
+
+    from lit_attr.baselines.similarity import clip_embeddings, cosine_scores, load_open_clip
+
+    path = output_dir / "scores.npy"
+    if path.exists():
+        print(f"[methods] {method.name}: already scored.", flush=True)
+        return
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    if method.kind == "clip":
+        model = load_open_clip(method.clip_model, method.clip_weights)
+        scores = cosine_scores(clip_embeddings(model, images), clip_embeddings(model, query_images))
+    else:
+        scores = cosine_scores(images, query_images)
+    tmp = output_dir / "partial_scores.npy"
+    np.save(tmp, scores.float().numpy())
+    tmp.replace(path)
+    print(f"[methods] {method.name}: done.", flush=True)
