@@ -131,3 +131,13 @@ def test_sampling_one_step_matches_hand_computation():
     assert residual.abs().max() < 6
     again = sample(_toy_eps_model, schedule, 1, (1, 2, 2), seed=0, num_steps=2, record_trajectory=True)
     torch.testing.assert_close(again.trajectory, res.trajectory)
+
+
+def test_shared_scheme_shares_across_purposes_but_not_across_draw_sets():
+    args = (torch.tensor([0, 5]), 3, (1, 2, 2), 1000)
+    train = draw_for_batch(*args, seed=1, stream="train", scheme="shared")
+    query = draw_for_batch(*args, seed=1, stream="query", scheme="shared")
+    group = draw_for_batch(*args, seed=1, stream="train/1", scheme="shared")
+    assert torch.equal(train[0], query[0]) and torch.equal(train[1], query[1])
+    assert not torch.equal(train[1], group[1])
+    assert torch.equal(group[1][0], group[1][1])  # still shared across examples within the set

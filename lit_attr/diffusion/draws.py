@@ -51,8 +51,10 @@ def draw_for_example(
         sample_shape: shape of one image, (C, H, W).
         num_timesteps: T; timesteps are drawn from [0, T).
         seed: the user's seed.
-        stream: purpose of the draws (e.g. ``"train"``, ``"query"``, ``"curvature"``); ignored
-            under ``shared``, where every purpose uses the same S draws.
+        stream: purpose of the draws (e.g. ``"train"``, ``"query"``, ``"curvature"``). Under
+            ``shared`` every purpose uses the same S draws; only a draw-set suffix ``"/<k>"`` (the
+            independent draw groups of ``lit_attr.evaluation.variants``, e.g. ``"train/3"``) selects
+            another shared set.
         scheme: a ``DrawScheme``.
 
     Returns:
@@ -60,7 +62,8 @@ def draw_for_example(
     """
     scheme = DrawScheme(scheme)
     if scheme is DrawScheme.SHARED:
-        generator = generator_for(seed, SHARED_KEY, SHARED_STREAM)
+        draw_set = stream[stream.index("/"):] if "/" in stream else ""
+        generator = generator_for(seed, SHARED_KEY, SHARED_STREAM + draw_set)
     else:
         generator = generator_for(seed, int(example_index), stream)
     if scheme is DrawScheme.STRATIFIED:

@@ -45,6 +45,7 @@ from lit_attr.retraining import (
     scale_steps,
     subsets_exist,
 )
+from lit_attr.storage import read_json
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,14 @@ class Benchmark:
     def queries(self) -> QuerySet:
         """Generate (once) the queries with the full model: ``root/queries.pt``."""
         path = self.root / QUERIES_FILE
-        if path.exists():
-            return QuerySet.load(path)
         q = self.config.queries
+        if path.exists():
+            queries = QuerySet.load(path)
+            if len(queries.images) != q.num_generated or queries.source != f"generated:seed={q.seed}":
+                raise ConfigError(f"{path} holds {len(queries.images)} queries from {queries.source}, but queries.* asks "
+                                  f"for {q.num_generated} with seed {q.seed}; use another root (the models were "
+                                  "measured on the stored queries).")
+            return queries
         ddpm = load_ddpm_module(self.full_job().job.run_dir / "model.ckpt")
         queries = build_queries(QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), ddpm, self.dataset)
         tmp = path.with_name(path.name + ".tmp")
@@ -170,6 +176,12 @@ class Benchmark:
     def run_jobs(self, jobs: list[TrainingJob], workers: int = 1, stage: str = "lds") -> None:
         """Train and measure every job that is not done; ``workers`` > 1 runs subprocesses side by side."""
         pending = [j for j in jobs if not job_done(j.job)]
+        for job in jobs:
+            if job not in pending:
+                steps = read_json(job.job.run_dir / "done.json").get("steps")
+                if steps != job.steps:
+                    raise ConfigError(f"{job.job.run_dir} was trained for {steps} steps, this benchmark asks for "
+                                      f"{job.steps} (retraining.full_steps changed?); use another root.")
         print(f"[{stage}] {len(jobs) - len(pending)}/{len(jobs)} models already done; training {len(pending)}.",
               flush=True)
         if not pending:

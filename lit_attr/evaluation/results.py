@@ -74,8 +74,14 @@ def compute_results(bench: Benchmark) -> dict[str, Any]:
             diag["seed_reliability"] = _stat(seed_reliability(measured[:, :, 0, t]))
             diag["oracle_lds"] = _stat(exact_retraining_lds(measured[:, :, 0, t]))
         results["diagnostics"][target] = diag
+    results["missing_methods"] = []
     for method in cfg.methods:
-        for score_set in bench.score_sets(method):
+        try:
+            score_sets = bench.score_sets(method)
+        except (FileNotFoundError, RuntimeError, KeyError):
+            results["missing_methods"].append(method.name)  # not scored yet: `evaluate.py run` scores it
+            continue
+        for score_set in score_sets:
             for a, approx in enumerate(score_set.approx):
                 for d, damping in enumerate(score_set.dampings):
                     split = {"mean": float("nan"), "stderr": float("nan")}
@@ -147,6 +153,8 @@ def markdown(results: dict[str, Any]) -> str:
         na = {"mean": float("nan"), "stderr": float("nan")}
         lines.append(f"| {target} | {_pm(d.get('oracle_lds', na))} | {_pm(d.get('seed_reliability', na))} | "
                      f"{_pm(d['measurement_mc_reliability'])} |")
+    if results.get("missing_methods"):
+        lines += ["", f"Not scored yet (run `evaluate.py run`): {', '.join(results['missing_methods'])}."]
     if results["removal"]:
         lines += ["", "Retraining without top influences (relative change of the measurement vs the full model):",
                   "", "| fraction | method | removed top positive | removed at random |", "|---|---|---|---|"]
@@ -240,7 +248,7 @@ def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
             ax.set_title(f"target {target}")
             ax.legend(fontsize=7)
         figures["damping"] = fig
-    method = bench.config.methods[0]
+    method = next(m for m in bench.config.methods if m.name not in results["missing_methods"])
     first = max(bench.score_sets(method), key=lambda s: s.draws)
     scores = first.scores[:, 0, 0]
     masks = subsets_to_masks(read_subsets(bench.root), bench.num_train)
