@@ -89,8 +89,8 @@ class MethodConfig:
     """Label and folder name (``<root>/methods/<name>``)."""
     kind: Literal["kfac", "trak", "dtrak", "pixel", "clip"] = "kfac"
     """K-FAC influence (ours), TRAK, D-TRAK, pixel cosine or CLIP cosine."""
-    draw_scheme: Literal["independent", "shared", "stratified"] = "independent"
-    """Draw scheme of the training and query gradients."""
+    draw_scheme: Literal["independent", "shared", "stratified"] = "stratified"
+    """Draw scheme of the training and query gradients (stratified: the digits benchmark's winner)."""
     draws_per_group: int = 16
     """S of one draw group."""
     num_groups: int = 8
