@@ -187,7 +187,7 @@ def test_dtrak_gradients_are_squared_output_norm_gradients(tiny_model, tmp_path)
     unet.requires_grad_(True)
     x0, index = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([5, 9, 11, 200])
     batched = module._sqnorm_gradients(x0, index, 3, "train")
-    t, noise = draw_for_batch(index, 3, (1, 8, 8), 1000, 2, "train", DrawScheme.INDEPENDENT)
+    t, noise = draw_for_batch(index, 3, (1, 8, 8), 1000, 2, "train", module.draw_scheme)
 
     def example_sqnorm(b):
         x_t = schedule.q_sample(x0[b:b + 1].expand(3, -1, -1, -1), t[b], noise[b])
