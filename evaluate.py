@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     from lit_attr.evaluation.campaign import Benchmark
-    from lit_attr.evaluation.results import compute_results, markdown, write_results
 
     start = time.perf_counter()
     bench = Benchmark(config)
@@ -93,9 +92,7 @@ def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     for method in config.methods:
         bench.run_method(method)
     bench.run_jobs(bench.removal_jobs(), workers, stage="removal")
-    results = compute_results(bench)
-    paths = write_results(bench, results)
-    print(markdown(results))
+    paths = _write_report(bench)
     print(f"Benchmark finished in {(time.perf_counter() - start) / 60:.1f} min; results: "
           + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -119,14 +116,20 @@ def retrain(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
 
 def report(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     from lit_attr.evaluation.campaign import Benchmark
+
+    paths = _write_report(Benchmark(config))
+    print("results: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _write_report(bench) -> dict:
+    """Compute the results of the finished stages, write them and print the tables; returns the paths."""
     from lit_attr.evaluation.results import compute_results, markdown, write_results
 
-    bench = Benchmark(config)
     results = compute_results(bench)
     paths = write_results(bench, results)
     print(markdown(results))
-    print("results: " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return paths
 
 
 COMMANDS = {"run": run, "retrain": retrain, "report": report}
