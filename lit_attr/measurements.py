@@ -9,7 +9,8 @@ is predicted to increase the measurement. Each function returns per-row terms of
 - ``loss``: the training loss (eq. 2) with S draws of (t, noise).
 - ``elbo``: the negative ELBO of Ho et al. eq. (5) without parameter-free constants:
   ``sum_t w_t ||eps - eps_theta||^2`` estimated with S uniform timesteps, ``T w_t`` per draw.
-- ``loss_at_timestep``: the per-timestep loss l_t (eq. 2) at a fixed t, S noise draws.
+- ``loss_at_timestep``: the per-timestep loss l_t (eq. 2) at a fixed t, S noise draws; the name
+  ``loss_at_t<t>`` (e.g. ``loss_at_t100``) names it with its 0-based timestep in one string.
 - ``trajectory_logprob``: ``-log p(x_{0:T})`` of the recorded sampling trajectory, up to
   constants: ``sum_k ||x_{k+1} - mu_theta(x_k, t_k)||^2 / (2 sigma_k^2)``, estimated with S
   uniformly drawn steps k (``K / S`` per draw). A zero-variance final step uses sigma^2 = beta.
@@ -39,6 +40,37 @@ class Measurement(str, Enum):
     TRAJECTORY_LOGPROB = "trajectory_logprob"
 
 
+TIMESTEP_PREFIX = "loss_at_t"
+"""Prefix of the one-string name ``loss_at_t<t>`` of the per-timestep loss l_t (0-based t)."""
+
+
+def parse_measurement(name: str, timestep: int | None = None) -> tuple[Measurement, int | None]:
+    """(kind, timestep) of a measurement name.
+
+    Accepts ``loss``, ``elbo``, ``trajectory_logprob``, ``loss_at_timestep`` (with ``timestep``) and
+    ``loss_at_t<t>`` (the per-timestep loss at 0-based t, e.g. ``loss_at_t100``).
+    """
+    name = str(getattr(name, "value", name))
+    if name.startswith(TIMESTEP_PREFIX) and name != Measurement.LOSS_AT_TIMESTEP.value:
+        digits = name[len(TIMESTEP_PREFIX):]
+        if not digits.isdigit():
+            raise ConfigError(f"measurement {name!r}: write the per-timestep loss as loss_at_t<t> with a 0-based "
+                              "integer t, e.g. loss_at_t100.")
+        return Measurement.LOSS_AT_TIMESTEP, int(digits)
+    try:
+        kind = Measurement(name)
+    except ValueError:
+        choices = ", ".join([m.value for m in Measurement] + [f"{TIMESTEP_PREFIX}<t>"])
+        raise ConfigError(f"measurement={name!r} is not supported; choose one of {choices}.") from None
+    return kind, (timestep if kind is Measurement.LOSS_AT_TIMESTEP else None)
+
+
+def check_timestep(timestep: int, num_timesteps: int) -> None:
+    """Refuse a per-timestep loss outside the schedule's 0..T-1."""
+    if not 0 <= timestep < num_timesteps:
+        raise ConfigError(f"loss_at_timestep t={timestep} is outside the model's timesteps 0..{num_timesteps - 1}.")
+
+
 @dataclass
 class MeasurementSpec:
     """A measurement and its MC settings.
@@ -60,11 +92,7 @@ class MeasurementSpec:
     stream: str = "query"
 
     def __post_init__(self) -> None:
-        try:
-            self.measurement = Measurement(self.measurement)
-        except ValueError:
-            choices = ", ".join(m.value for m in Measurement)
-            raise ConfigError(f"measurement={self.measurement!r} is not supported; choose one of {choices}.") from None
+        self.measurement, self.timestep = parse_measurement(self.measurement, self.timestep)
         self.scheme = DrawScheme(self.scheme)
         if self.num_draws < 1:
             raise ConfigError(f"num_draws must be >= 1, got {self.num_draws}.")
@@ -105,6 +133,7 @@ def measurement_rows(
     timesteps, noise = draw_for_batch(indices, spec.num_draws, tuple(images.shape[1:]), schedule.num_timesteps,
                                       spec.seed, spec.stream, spec.scheme)
     if spec.measurement is Measurement.LOSS_AT_TIMESTEP:
+        check_timestep(int(spec.timestep), schedule.num_timesteps)
         timesteps = torch.full_like(timesteps, int(spec.timestep))
     x0, t, eps = expand_draws(images, timesteps, noise)
     mse = loss_per_draw(eps_model, schedule, x0, t, eps)

@@ -76,10 +76,12 @@ def tiny_model(tmp_path_factory):
 def test_true_measurements_use_common_draws_and_match_a_direct_computation(tiny_model):
     ddpm = tiny_model.module
     images = ddpm.generate(3, seed=0, num_steps=5).images
-    values = measure_queries(ddpm, images, ["loss", "elbo"], num_draws=8, seed=3)
-    assert values.shape == (3, 2, 3)
-    assert torch.equal(values, measure_queries(ddpm, images, ["loss", "elbo"], num_draws=8, seed=3))
-    assert not torch.equal(values, measure_queries(ddpm, images, ["loss", "elbo"], num_draws=8, seed=4))
+    names = ["loss", "elbo", "loss_at_t7"]
+    values = measure_queries(ddpm, images, names, num_draws=8, seed=3)
+    assert values.shape == (3, 3, 3)
+    assert torch.equal(values, measure_queries(ddpm, images, names, num_draws=8, seed=3))
+    assert torch.equal(values[:, 2:], measure_queries(ddpm, images, ["loss_at_t7"], num_draws=8, seed=3))
+    assert not torch.equal(values, measure_queries(ddpm, images, names, num_draws=8, seed=4))
     halves = []
     for h in range(2):
         t, noise = draw_for_batch(torch.arange(3), 4, (1, 8, 8), 1000, 3, f"{STREAM}/{h}", DrawScheme.STRATIFIED)
@@ -87,7 +89,10 @@ def test_true_measurements_use_common_draws_and_match_a_direct_computation(tiny_
         with torch.no_grad():
             mse = loss_per_draw(unet_eps_model(ddpm.attribution_unet), ddpm.schedule, x0, tf, eps).double().view(3, 4)
         elbo = (mse * 64 * ddpm.schedule.elbo_weights().double()[t] * 1000).mean(1)
-        halves.append(torch.stack([mse.mean(1), elbo]))
+        x0, tf, eps = expand_draws(images, torch.full_like(t, 7), noise)  # l_7: the same noise at t = 7
+        with torch.no_grad():
+            at_7 = loss_per_draw(unet_eps_model(ddpm.attribution_unet), ddpm.schedule, x0, tf, eps).double().view(3, 4)
+        halves.append(torch.stack([mse.mean(1), elbo, at_7.mean(1)]))
     torch.testing.assert_close(values[1], halves[0], rtol=1e-5, atol=0)
     torch.testing.assert_close(values[2], halves[1], rtol=1e-5, atol=0)
     torch.testing.assert_close(values[0], (halves[0] + halves[1]) / 2, rtol=1e-5, atol=0)
@@ -105,15 +110,19 @@ def test_variant_columns_equal_separate_influence_runs(tiny_model, tmp_path):
                   measurement={"num_draws": 4}, num_draws=2, seed=1, query_compression="none")
     data = lambda: AttributionDataModule(subset_file=str(tiny_model.checkpoint.parents[1] / "subset.txt"),  # noqa: E731
                                          batch_size=32)
-    variants = VariantInfluenceModule(output_dir=str(tmp_path / "variants"), measurements=["loss", "elbo"],
-                                      dampings=[1e-3, 1e-1], num_groups=2, **common)
+    variants = VariantInfluenceModule(output_dir=str(tmp_path / "variants"),
+                                      measurements=["loss", "elbo", "loss_at_t40"], dampings=[1e-3, 1e-1],
+                                      num_groups=2, **common)
     _trainer().predict(variants, datamodule=data(), return_predictions=False)
     scores = load_variant_scores(tmp_path / "variants")
-    assert scores.shape == (64, 2, 2, 2, 2)
-    for measurement, m in (("loss", 0), ("elbo", 1)):
-        for damping, d in ((1e-3, 0), (1e-1, 1)):
+    assert scores.shape == (64, 2, 3, 2, 2)
+    for measurement, m, timestep, dampings in (("loss", 0, None, ((1e-3, 0), (1e-1, 1))),
+                                               ("elbo", 1, None, ((1e-3, 0), (1e-1, 1))),
+                                               ("loss_at_timestep", 2, 40, ((1e-3, 0),))):
+        for damping, d in dampings:
             single = InfluenceModule(output_dir=str(tmp_path / f"{measurement}_{d}"), damping=damping,
-                                     **{**common, "measurement": {"num_draws": 4, "measurement": measurement}})
+                                     **{**common, "measurement": {"num_draws": 4, "measurement": measurement,
+                                                                  "timestep": timestep}})
             _trainer().predict(single, datamodule=data(), return_predictions=False)
             np.testing.assert_allclose(scores[:, 0, m, d], load_scores(tmp_path / f"{measurement}_{d}"),
                                        rtol=2e-3, atol=1e-6 * np.abs(scores[:, 0, m, d]).max())
@@ -130,13 +139,16 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     bench = tmp_path / "bench"
     results = json.loads((bench / "results.json").read_text())
     assert results["num_subsets"] == 4 and results["num_subsets_with_two_seeds"] == 3
-    kfac_rows = 2 * 2 * 2 * 2  # S x approx measurement x damping x target
-    assert len(results["lds"]) == kfac_rows + 2 * 2 + 2 + 2  # + TRAK (2 dampings), D-TRAK, pixel
+    kfac_rows = 2 * 3 * 2 * 3  # S x approx measurement x damping x target
+    assert len(results["lds"]) == kfac_rows + 2 * 3 + 3 + 3  # + TRAK (2 dampings), D-TRAK, pixel
+    table = results["substitution"][0]  # per-timestep loss l_300 as a target and as the scores' measurement
+    assert table["method"] == "kfac" and table["approx"] == table["targets"] == ["loss", "elbo", "loss_at_t300"]
+    assert all(c["target"] != "loss_at_t300" for c in results["comparison"])
     assert all(-1 <= r["mean"] <= 1 for r in results["lds"])
     assert {(c["method"], c["approx"]) for c in results["comparison"]} >= {("dtrak", "sqnorm"), ("pixel", "pixel"),
                                                                            ("trak", "loss"), ("kfac", "elbo")}
     assert "oracle_lds" in results["diagnostics"]["loss"] and len(results["removal"]) == 1
-    for name in ("results.md", "lds_bars.png", "scatter.png", "damping.png"):
+    for name in ("results.md", "lds_bars.png", "scatter.png", "damping.png", "substitution.png"):
         assert (bench / name).stat().st_size > 0
     assert list((bench / "tensorboard").iterdir())
     assert "| kfac | independent | 4 | elbo | loss |" in proc.stdout
@@ -172,6 +184,11 @@ def test_bad_benchmark_input_fails_clearly(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     bad = run_script("evaluate.py", "run", "--config", str(tmp_path / "bad.yaml"), f"--root={bench}")
     assert bad.returncode == 2 and "report_draws 3 must be an even multiple" in bad.stderr
+    config["methods"][0]["report_draws"] = [2]
+    config["true_measurements"]["measurements"] = ["loss", "loss_at_tfinal"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    bad = run_script("evaluate.py", "run", "--config", str(tmp_path / "bad.yaml"), f"--root={bench}")
+    assert bad.returncode == 2 and "loss_at_t<t> with a 0-based integer t" in bad.stderr
     assert not (bench / "results.json").exists()
 
 

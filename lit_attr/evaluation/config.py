@@ -10,7 +10,19 @@ from typing import Literal
 
 from lit_attr.errors import ConfigError
 
-MeasurementName = Literal["loss", "elbo"]
+MeasurementName = str
+"""``loss``, ``elbo`` or ``loss_at_t<t>`` (the per-timestep loss l_t at 0-based t, e.g. ``loss_at_t100``)."""
+
+
+def _check_measurements(names: list[str], owner: str) -> None:
+    from lit_attr.evaluation.true_measurements import check_true_measurements
+
+    try:
+        check_true_measurements(names)
+    except ConfigError as error:
+        raise ConfigError(f"{owner}: {error}") from None
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"{owner}: measurements must be a non-empty list without repeats; got {names}.")
 
 
 @dataclass
@@ -57,6 +69,9 @@ class TrueMeasurementConfig:
     """Draws per query (two independent stratified halves)."""
     seed: int = 1000
     """Seed of the draws, shared by all models."""
+
+    def __post_init__(self) -> None:
+        _check_measurements(list(self.measurements), "true_measurements")
 
 
 @dataclass
@@ -121,6 +136,8 @@ class MethodConfig:
     """CLIP: local open_clip checkpoint file (never downloaded)."""
 
     def __post_init__(self) -> None:
+        if self.kind in ("kfac", "trak"):
+            _check_measurements(list(self.measurements), f"method {self.name!r}")
         if self.kind in ("pixel", "clip"):
             self.report_draws = [0]
             if self.kind == "clip" and not self.clip_weights:
@@ -168,6 +185,9 @@ class BenchmarkConfig:
     method scores this one links to instead of recomputing (e.g. to retrain under the other seeding protocol)."""
 
     def __post_init__(self) -> None:
+        if self.removal.queries and self.removal.measurement not in self.true_measurements.measurements:
+            raise ConfigError(f"removal.measurement={self.removal.measurement!r} is not among "
+                              f"true_measurements.measurements {self.true_measurements.measurements}.")
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ConfigError(f"Method names must be unique; got {names}.")

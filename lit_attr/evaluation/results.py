@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lit_attr.evaluation.campaign import Benchmark
+from lit_attr.measurements import TIMESTEP_PREFIX
 from lit_attr.metrics.lds import (
     LinearDatamodelingScore,
     exact_retraining_lds,
@@ -96,8 +97,40 @@ def compute_results(bench: Benchmark) -> dict[str, Any]:
                                **lds(score_set.scores[:, a, d], masks, measured[:, :, 0, t])}
                         results["lds"].append(row)
     results["comparison"] = comparison(results)
+    results["substitution"] = substitution_tables(results)
     results["removal"] = removal_results(bench)
     return results
+
+
+def is_timestep_measurement(name: str) -> bool:
+    """``loss_at_t<t>``: a per-timestep loss (shown in the substitution table, not the comparison)."""
+    return name.startswith(TIMESTEP_PREFIX)
+
+
+def substitution_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The measurement-substitution tables (like the paper's Fig. 11), one per method scored with per-timestep
+    measurements: LDS of every target (retrained and measured) when the scores use the gradient of each
+    approximating measurement, at the method's most draws and default damping.
+
+    Returns:
+        [{"method", "num_draws", "damping", "approx": [A names], "targets": [T names],
+          "mean": A x T, "stderr": A x T}]
+    """
+    tables = []
+    for method in dict.fromkeys(r["method"] for r in results["lds"]):
+        rows = [r for r in results["lds"] if r["method"] == method and r["default_damping"]]
+        if not any(is_timestep_measurement(r["approx"]) for r in rows):
+            continue
+        draws = max(r["num_draws"] for r in rows)
+        rows = [r for r in rows if r["num_draws"] == draws]
+        approx = list(dict.fromkeys(r["approx"] for r in rows))
+        targets = list(dict.fromkeys(r["target"] for r in rows))
+        cell = {(r["approx"], r["target"]): r for r in rows}
+        tables.append({"method": method, "num_draws": draws, "damping": rows[0]["damping"], "approx": approx,
+                       "targets": targets,
+                       "mean": [[cell[a, t]["mean"] for t in targets] for a in approx],
+                       "stderr": [[cell[a, t]["stderr"] for t in targets] for a in approx]})
+    return tables
 
 
 def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
@@ -153,6 +186,17 @@ def markdown(results: dict[str, Any]) -> str:
         na = {"mean": float("nan"), "stderr": float("nan")}
         lines.append(f"| {target} | {_pm(d.get('oracle_lds', na))} | {_pm(d.get('seed_reliability', na))} | "
                      f"{_pm(d['measurement_mc_reliability'])} |")
+    for table in results.get("substitution", []):
+        lines += ["", f"Measurement substitution ({table['method']}, S = {table['num_draws']}, damping "
+                      f"{table['damping']:g}): LDS of each target (columns: the measurement retrained models are "
+                      "measured with) when the scores use the gradient of another measurement (rows); the diagonal "
+                      "uses the right one.", "",
+                  "| scores from \\ target | " + " | ".join(table["targets"]) + " |",
+                  "|---|" + "---|" * len(table["targets"])]
+        for a, approx in enumerate(table["approx"]):
+            cells = [_pm({"mean": m, "stderr": e}) for m, e in zip(table["mean"][a], table["stderr"][a])]
+            cells = [f"**{c}**" if approx == t else c for c, t in zip(cells, table["targets"])]
+            lines.append(f"| {approx} | " + " | ".join(cells) + " |")
     if results.get("missing_methods"):
         lines += ["", f"Not scored yet (run `evaluate.py run`): {', '.join(results['missing_methods'])}."]
     if results["removal"]:
@@ -185,6 +229,8 @@ def _headline_rows(results: dict[str, Any], best_damping: bool = False) -> list[
     function, e.g. D-TRAK's ``sqnorm``), at the default damping or at the best one."""
     chosen: dict[tuple, dict] = {}
     for r in results["lds"]:
+        if is_timestep_measurement(r["target"]):
+            continue
         key = (r["method"], r["target"])
         own = [x for x in results["lds"] if (x["method"], x["target"]) == key]
         approx = r["target"] if any(x["approx"] == r["target"] for x in own) else own[0]["approx"]
@@ -216,7 +262,7 @@ def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
 
     figures = {}
     rows = _headline_rows(results)
-    targets = list(results["diagnostics"])
+    targets = [t for t in results["diagnostics"] if not is_timestep_measurement(t)]
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
     for ax, target in zip(axes[0], targets):
         sel = [r for r in rows if r["target"] == target]
@@ -253,7 +299,8 @@ def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
     scores = first.scores[:, 0, 0]
     masks = subsets_to_masks(read_subsets(bench.root), bench.num_train)
     predicted = predicted_changes(torch.from_numpy(scores).double(), masks)
-    target_index = targets.index(first.approx[0]) if first.approx[0] in targets else 0
+    measured_names = list(bench.config.true_measurements.measurements)
+    target_index = measured_names.index(first.approx[0]) if first.approx[0] in measured_names else 0
     actual = bench.lds_measurements()[:, :, 0, target_index].nanmean(1)
     shown = min(4, predicted.shape[1])
     fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.0), squeeze=False)
@@ -262,9 +309,23 @@ def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
         ax.set_title(f"query {q}")
         ax.set_xlabel("predicted change (scores)")
         if q == 0:
-            ax.set_ylabel(f"retrained {targets[target_index]}")
+            ax.set_ylabel(f"retrained {measured_names[target_index]}")
     fig.suptitle(f"{method.name}: predicted vs actual per subset")
     figures["scatter"] = fig
+    for table in results.get("substitution", [])[:1]:
+        mean = np.array(table["mean"])
+        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(table["targets"]), 0.8 + 0.5 * len(table["approx"])))
+        limit = max(0.05, float(np.nanmax(np.abs(mean))))
+        image = ax.imshow(mean, cmap="RdBu", vmin=-limit, vmax=limit)
+        for (a, t), value in np.ndenumerate(mean):
+            ax.text(t, a, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(table["targets"])), table["targets"], rotation=30, ha="right")
+        ax.set_yticks(range(len(table["approx"])), table["approx"])
+        ax.set_xlabel("target (retrained measurement)")
+        ax.set_ylabel("scores from")
+        ax.set_title(f"{table['method']}: measurement substitution (LDS)")
+        fig.colorbar(image, ax=ax)
+        figures["substitution"] = fig
     return figures
 
 
