@@ -160,6 +160,20 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert "[lds] 7/7 models already done; training 0." in again.stdout
     for method in ("kfac", "trak", "dtrak", "pixel"):
         assert f"{method}: already scored" in again.stdout
+    # a changed method under the same name: new dampings only redo TRAK's closed form; other settings are refused
+    config = yaml.safe_load((ROOT / "configs" / "lds" / "smoke.yaml").read_text())
+    config["methods"][1]["dampings"] = [1.0e-2]
+    (tmp_path / "dampings.yaml").write_text(yaml.safe_dump(config))
+    swept = run_script("evaluate.py", "run", "--config", str(tmp_path / "dampings.yaml"), f"--root={bench}")
+    assert swept.returncode == 0 and "trak: closed form recomputed" in swept.stdout, swept.stderr[-3000:]
+    for index, change, stored in ((1, {"projection_dim": 32}, "'dim': 64"),
+                                  (3, {"kind": "clip", "clip_weights": "weights.bin"}, "'pixel'"),
+                                  (0, {"seed": 5}, "'seed': (0, 5)")):
+        changed = yaml.safe_load((ROOT / "configs" / "lds" / "smoke.yaml").read_text())
+        changed["methods"][index].update(change)
+        (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+        refused = run_script("evaluate.py", "run", "--config", str(tmp_path / "changed.yaml"), f"--root={bench}")
+        assert refused.returncode == 2 and "made with other settings" in refused.stderr and stored in refused.stderr
     assert [p.stat().st_mtime_ns for p in done] == stamps
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")

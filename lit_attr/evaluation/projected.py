@@ -144,8 +144,21 @@ def finish_projected_scores(output_dir: str | Path, report_draws: list[int], dra
         for key, phi in parts.items():
             per_measurement = [trak_scores(phi, queries[m], dampings) for m in meta["measurements"]]  # (D, N, Q)
             arrays[key] = torch.stack(per_measurement).permute(2, 0, 1, 3).numpy()  # (N, M, D, Q)
+    arrays["report_draws"] = np.asarray(report_draws, dtype=np.int64)
+    arrays["dampings"] = np.asarray(dampings, dtype=np.float64)
     path = output_dir / SCORES_FILE
     tmp = output_dir / ("partial_" + SCORES_FILE)
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return path
+
+
+def finished_closed_form(output_dir: str | Path) -> tuple[list[int], list[float]] | None:
+    """(report_draws, dampings) of the stored ``trak_scores.npz``; None when there is none."""
+    path = Path(output_dir) / SCORES_FILE
+    if not path.exists():
+        return None
+    with np.load(path) as stored:
+        if "dampings" not in stored:
+            return [], []
+        return [int(d) for d in stored["report_draws"]], [float(d) for d in stored["dampings"]]

@@ -16,7 +16,7 @@ from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.evaluation.config import MethodConfig, QueriesConfig
 from lit_attr.evaluation.variants import VariantInfluenceModule
 from lit_attr.errors import StoreMismatchError
-from lit_attr.storage import read_json
+from lit_attr.storage import read_json, write_json_atomic
 
 CURVATURE_SEED = 0
 """Seed of the curvature draws, shared by all methods (their factors are then reused)."""
@@ -46,15 +46,42 @@ def settings_mismatch(method: MethodConfig, metadata: dict) -> dict[str, tuple]:
     return {key: (stored[key], value) for key, value in wanted.items() if stored[key] != value}
 
 
+def projected_settings_mismatch(method: MethodConfig, metadata: dict) -> dict[str, tuple]:
+    """Settings of a TRAK / D-TRAK ``method`` that differ from its stored projection pass: key -> (stored, wanted).
+
+    Dampings and report_draws are not among them: they only enter the closed form, recomputed from the stored
+    projected gradients when they change.
+    """
+    wanted = {"method": method.kind, "num_draws": method.draws_per_group, "num_groups": method.num_groups,
+              "seed": method.seed, "draw_scheme": method.draw_scheme,
+              "measurements": ["sqnorm"] if method.kind == "dtrak" else list(method.measurements),
+              "measurement.num_draws": method.query_num_draws,
+              "projection": {"dim": method.projection_dim, "kind": method.projection_kind,
+                             "seed": method.projection_seed}}
+    stored = {key: metadata.get(key) for key in wanted}
+    stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
+    return {key: (stored[key], value) for key, value in wanted.items() if stored[key] != value}
+
+
+def similarity_settings(method: MethodConfig) -> dict:
+    """What a pixel / CLIP cosine method's scores depend on (stored beside them)."""
+    if method.kind == "clip":
+        return {"kind": "clip", "clip_model": method.clip_model, "clip_weights": method.clip_weights}
+    return {"kind": method.kind}
+
+
+def _refuse(method: MethodConfig, output_dir: Path, differing: dict) -> None:
+    if differing:
+        raise StoreMismatchError(f"{output_dir} holds scores of method {method.name!r} made with other settings "
+                                 f"{differing} (stored, wanted); rename the method or delete that folder.")
+
+
 def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curvature_dir: Path, recipe: str | dict,
                  queries: QueriesConfig) -> None:
     """Score all training examples of the recipe's data for every variant of ``method``; skipped when done."""
     metadata = output_dir / "metadata.json"
     if metadata.exists():
-        differing = settings_mismatch(method, read_json(metadata))
-        if differing:
-            raise StoreMismatchError(f"{output_dir} holds scores of method {method.name!r} made with other settings "
-                                     f"{differing} (stored, wanted); rename the method or delete that folder.")
+        _refuse(method, output_dir, settings_mismatch(method, read_json(metadata)))
         if read_json(metadata).get("finalized"):
             print(f"[methods] {method.name}: already scored.", flush=True)
             return
@@ -90,11 +117,19 @@ def _attribution_data(recipe: str | dict, batch_size: int) -> AttributionDataMod
 def score_projected(method: MethodConfig, checkpoint: Path, output_dir: Path, recipe: str | dict,
                     queries: QueriesConfig) -> None:
     """TRAK / D-TRAK: projected gradients in one pass (``ProjectedGradientModule``), then closed-form scores."""
-    from lit_attr.evaluation.projected import SCORES_FILE, ProjectedGradientModule, finish_projected_scores
+    from lit_attr.evaluation.projected import ProjectedGradientModule, finish_projected_scores, finished_closed_form
 
-    if (output_dir / SCORES_FILE).exists():
-        print(f"[methods] {method.name}: already scored.", flush=True)
-        return
+    metadata = output_dir / "metadata.json"
+    if metadata.exists():
+        _refuse(method, output_dir, projected_settings_mismatch(method, read_json(metadata)))
+        if read_json(metadata).get("finalized"):
+            if finished_closed_form(output_dir) != (list(method.report_draws), [float(d) for d in method.dampings]):
+                finish_projected_scores(output_dir, method.report_draws, method.draws_per_group, list(method.dampings))
+                print(f"[methods] {method.name}: closed form recomputed for report_draws {method.report_draws}, "
+                      f"dampings {method.dampings}.", flush=True)
+            else:
+                print(f"[methods] {method.name}: already scored.", flush=True)
+            return
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[ScoreWriter()])
     module = ProjectedGradientModule(
@@ -120,8 +155,11 @@ def score_similarity(method: MethodConfig, dataset, query_images, output_dir: Pa
 
     from lit_attr.baselines.similarity import clip_embeddings, cosine_scores, load_open_clip
 
-    path = output_dir / "scores.npy"
+    path, settings = output_dir / "scores.npy", output_dir / "similarity.json"
     if path.exists():
+        stored = read_json(settings) if settings.exists() else {}
+        wanted = similarity_settings(method)
+        _refuse(method, output_dir, {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v})
         print(f"[methods] {method.name}: already scored.", flush=True)
         return
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
@@ -130,6 +168,7 @@ def score_similarity(method: MethodConfig, dataset, query_images, output_dir: Pa
         scores = cosine_scores(clip_embeddings(model, images), clip_embeddings(model, query_images))
     else:
         scores = cosine_scores(images, query_images)
+    write_json_atomic(settings, similarity_settings(method))
     tmp = output_dir / "partial_scores.npy"
     np.save(tmp, scores.float().numpy())
     tmp.replace(path)
