@@ -41,3 +41,26 @@ def train_tiny_ddpm(root: Path, max_steps: int, ema_decay: float, batch_size: in
                         enable_model_summary=False, default_root_dir=root, **trainer_kwargs)
     trainer.fit(module, DiffusionDataModule(batch_size=batch_size))
     return module, trainer
+
+
+def tiny_open_clip(tmp_path: Path):
+    """A tiny randomly initialised open_clip model: (config JSON path, weights file, the model in eval mode).
+
+    Exercises the real CLIP code path without downloading anything.
+    """
+    import json
+
+    import open_clip
+    import torch
+
+    config = {"embed_dim": 16,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+              "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    config_path = tmp_path / "tiny-clip-test.json"
+    config_path.write_text(json.dumps(config))
+    open_clip.add_model_config(str(config_path))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip-test").eval()
+    weights = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), weights)
+    return config_path, weights, model

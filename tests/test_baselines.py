@@ -1,6 +1,5 @@
 """Baselines: seeded projections, TRAK's closed form, D-TRAK's gradients, cosine similarities, CLIP."""
 
-import json
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from lit_attr.baselines.projection import RandomProjector
 from lit_attr.baselines.similarity import clip_embeddings, cosine_scores, load_open_clip, pixel_scores
 from lit_attr.baselines.trak import trak_scores
 from lit_attr.errors import ConfigError
+from tests.helpers import tiny_open_clip
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
@@ -84,17 +84,8 @@ def test_cosine_scores_by_hand():
 
 
 def test_clip_cosine_with_a_tiny_random_open_clip_model(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
-    config = {"embed_dim": 16,
-              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-              "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
-    config_path = tmp_path / "tiny-clip-test.json"
-    config_path.write_text(json.dumps(config))
-    open_clip.add_model_config(str(config_path))
-    torch.manual_seed(0)
-    reference = open_clip.create_model("tiny-clip-test").eval()
-    weights = tmp_path / "tiny.pt"
-    torch.save(reference.state_dict(), weights)
+    pytest.importorskip("open_clip")
+    config_path, weights, reference = tiny_open_clip(tmp_path)
     model = load_open_clip(str(config_path), str(weights))
     images = torch.rand(5, 1, 8, 8) * 2 - 1
     embeddings = clip_embeddings(model, images, batch_size=2)

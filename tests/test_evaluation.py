@@ -20,7 +20,7 @@ from lit_attr.evaluation import training
 from lit_attr.evaluation.true_measurements import STREAM, measure_queries
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.storage import load_scores
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT, run_script, tiny_open_clip
 
 TINY_RECIPE = ROOT / "configs" / "lds" / "tiny_train.yaml"
 
@@ -174,6 +174,24 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
         (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
         refused = run_script("evaluate.py", "run", "--config", str(tmp_path / "changed.yaml"), f"--root={bench}")
         assert refused.returncode == 2 and "made with other settings" in refused.stderr and stored in refused.stderr
+    # every other method kind and Hessian variant plugs into the same benchmark (only the new methods are scored)
+    clip_config, clip_weights, _ = tiny_open_clip(tmp_path)
+    extended = yaml.safe_load((ROOT / "configs" / "lds" / "smoke.yaml").read_text())
+    variant = {"draws_per_group": 1, "num_groups": 2, "report_draws": [2], "measurements": ["loss"],
+               "query_num_draws": 4, "curvature": {"num_draws": 1}, "batch_size": 256}
+    extended["methods"] += [
+        {"name": "clip", "kind": "clip", "clip_model": str(clip_config), "clip_weights": str(clip_weights)},
+        {"name": "kfac_empirical_reduce", **variant,
+         "curvature": {"num_draws": 1, "fisher_type": "empirical", "kfac_approx": "reduce"}},
+        {"name": "ekfac", **variant, "curvature": {"num_draws": 1, "eigenvalue_correction": True}}]
+    (tmp_path / "extended.yaml").write_text(yaml.safe_dump(extended))
+    more = run_script("evaluate.py", "run", "--config", str(tmp_path / "extended.yaml"), f"--root={bench}")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "[lds] 7/7 models already done" in more.stdout and "kfac: already scored" in more.stdout
+    compared = {c["method"] for c in json.loads((bench / "results.json").read_text())["comparison"]}
+    assert {"clip", "kfac_empirical_reduce", "ekfac"} <= compared
+    factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
+    assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")

@@ -30,7 +30,7 @@ from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
 from lit_attr.constants import QUERIES_FILE
 from lit_attr.data.datasets import DatasetConfig, IndexedDataset, write_index_file
 from lit_attr.errors import ConfigError
-from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig
+from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
 from lit_attr.evaluation.training import train_model
 from lit_attr.evaluation.true_measurements import measure_queries
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
@@ -110,10 +110,8 @@ class Benchmark:
     def dataset(self) -> IndexedDataset:
         """The full training set of the recipe (its ``data`` section)."""
         if self._dataset is None:
-            data = self.data_settings()
-            keys = ("data_dir", "image_size", "channels", "cifar2_seed", "num_per_class")
-            self._dataset = DatasetConfig(name=data.get("dataset", "digits"), **{k: data[k] for k in keys if k in data},
-                                          train=True).build()
+            data = recipe_dataset_arguments(self.data_settings())
+            self._dataset = DatasetConfig(name=data.pop("dataset", "digits"), **data, train=True).build()
         return self._dataset
 
     @property

@@ -25,6 +25,15 @@ def _check_measurements(names: list[str], owner: str) -> None:
         raise ConfigError(f"{owner}: measurements must be a non-empty list without repeats; got {names}.")
 
 
+RECIPE_DATASET_KEYS = ("dataset", "data_dir", "image_size", "channels", "cifar2_seed", "num_per_class")
+"""The keys of a recipe's ``data`` section that choose the training set (not its loading: batch size, workers)."""
+
+
+def recipe_dataset_arguments(data: dict) -> dict:
+    """The dataset-choosing entries of a recipe's ``data`` settings (``RECIPE_DATASET_KEYS``)."""
+    return {key: data[key] for key in RECIPE_DATASET_KEYS if key in data}
+
+
 @dataclass
 class SubsetsConfig:
     """The M random subsets D_i of eq. (13)."""

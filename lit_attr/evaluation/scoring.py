@@ -13,7 +13,7 @@ from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import MeasurementConfig
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.data.datamodules import AttributionDataModule
-from lit_attr.evaluation.config import MethodConfig, QueriesConfig
+from lit_attr.evaluation.config import MethodConfig, QueriesConfig, recipe_dataset_arguments
 from lit_attr.evaluation.variants import VariantInfluenceModule
 from lit_attr.errors import StoreMismatchError
 from lit_attr.storage import read_json, write_json_atomic
@@ -110,8 +110,7 @@ def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curva
 def _attribution_data(recipe: str | dict, batch_size: int) -> AttributionDataModule:
     """The attribution data of a recipe file or of its ``data`` settings (``Benchmark.data_settings``)."""
     data = recipe if isinstance(recipe, dict) else (yaml.safe_load(Path(recipe).read_text()) or {}).get("data") or {}
-    keep = ("dataset", "data_dir", "image_size", "channels", "cifar2_seed", "num_per_class")
-    return AttributionDataModule(**{k: v for k, v in data.items() if k in keep}, batch_size=batch_size)
+    return AttributionDataModule(**recipe_dataset_arguments(data), batch_size=batch_size)
 
 
 def score_projected(method: MethodConfig, checkpoint: Path, output_dir: Path, recipe: str | dict,
