@@ -124,10 +124,11 @@ def report(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
 
 def _write_report(bench) -> dict:
     """Compute the results of the finished stages, write them and print the tables; returns the paths."""
-    from lit_attr.evaluation.results import compute_results, markdown, write_results
+    from lit_attr.evaluation.results import BenchmarkOutcomes, compute_results, markdown, write_results
 
-    results = compute_results(bench)
-    paths = write_results(bench, results)
+    outcomes = BenchmarkOutcomes.load(bench)
+    results = compute_results(bench, outcomes)
+    paths = write_results(bench, results, outcomes)
     print(markdown(results))
     return paths
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,28 @@ def lds(scores: np.ndarray, masks: torch.Tensor, targets: torch.Tensor) -> dict[
             "per_query": [float(v) for v in out["lds_per_query"]]}
 
 
-def compute_results(bench: Benchmark) -> dict[str, Any]:
+@dataclass
+class BenchmarkOutcomes:
+    """What the retraining stage produced, loaded once for the tables and the figures.
+
+    Attributes:
+        masks: bool (M, N), True where subset i keeps training example j.
+        measured: float64 (M, K, 3, T, Q) true measurements (all draws, half 1, half 2), NaN where missing.
+    """
+
+    masks: torch.Tensor
+    measured: torch.Tensor
+
+    @classmethod
+    def load(cls, bench: Benchmark) -> "BenchmarkOutcomes":
+        return cls(subsets_to_masks(read_subsets(bench.root), bench.num_train), bench.lds_measurements())
+
+
+def compute_results(bench: Benchmark, outcomes: BenchmarkOutcomes | None = None) -> dict[str, Any]:
     """Everything the report shows, from the finished stages of ``bench``."""
     cfg = bench.config
-    masks = subsets_to_masks(read_subsets(bench.root), bench.num_train)
-    measured = bench.lds_measurements()  # (M, K, 3, T, Q)
+    outcomes = outcomes or BenchmarkOutcomes.load(bench)
+    masks, measured = outcomes.masks, outcomes.measured
     targets = list(cfg.true_measurements.measurements)
     have = ~measured[:, :, 0, 0, 0].isnan()
     results: dict[str, Any] = {
@@ -208,7 +226,8 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(bench: Benchmark, results: dict[str, Any]) -> dict[str, Path]:
+def write_results(bench: Benchmark, results: dict[str, Any],
+                  outcomes: BenchmarkOutcomes | None = None) -> dict[str, Path]:
     """results.json, results.md, lds_bars.png, scatter.png under ``root`` and TensorBoard events."""
     root = bench.root
     paths = {"json": root / RESULTS_JSON, "markdown": root / RESULTS_MD}
@@ -216,7 +235,7 @@ def write_results(bench: Benchmark, results: dict[str, Any]) -> dict[str, Path]:
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(paths["json"])
     paths["markdown"].write_text(markdown(results))
-    figures = _figures(bench, results)
+    figures = _figures(bench, results, outcomes or BenchmarkOutcomes.load(bench))
     for name, fig in figures.items():
         paths[name] = root / f"{name}.png"
         fig.savefig(paths[name], dpi=110, bbox_inches="tight")
@@ -254,7 +273,7 @@ def comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
+def _figures(bench: Benchmark, results: dict[str, Any], outcomes: BenchmarkOutcomes) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,11 +316,10 @@ def _figures(bench: Benchmark, results: dict[str, Any]) -> dict[str, Any]:
     method = next(m for m in bench.config.methods if m.name not in results["missing_methods"])
     first = max(bench.score_sets(method), key=lambda s: s.draws)
     scores = first.scores[:, 0, 0]
-    masks = subsets_to_masks(read_subsets(bench.root), bench.num_train)
-    predicted = predicted_changes(torch.from_numpy(scores).double(), masks)
+    predicted = predicted_changes(torch.from_numpy(scores).double(), outcomes.masks)
     measured_names = list(bench.config.true_measurements.measurements)
     target_index = measured_names.index(first.approx[0]) if first.approx[0] in measured_names else 0
-    actual = bench.lds_measurements()[:, :, 0, target_index].nanmean(1)
+    actual = outcomes.measured[:, :, 0, target_index].nanmean(1)
     shown = min(4, predicted.shape[1])
     fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.0), squeeze=False)
     for q, ax in enumerate(axes[0]):
