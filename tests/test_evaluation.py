@@ -144,6 +144,14 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     table = results["substitution"][0]  # per-timestep loss l_300 as a target and as the scores' measurement
     assert table["method"] == "kfac" and table["approx"] == table["targets"] == ["loss", "elbo", "loss_at_t300"]
     assert all(c["target"] != "loss_at_t300" for c in results["comparison"])
+    paired = {(c["method"], c["target"]): c["vs_reference"] for c in results["comparison"]}
+    assert paired["kfac", "loss"] == {"method": "kfac", "mean": 0.0, "stderr": 0.0}  # reference: the first method
+    best_trak = max([r for r in results["lds"] if (r["method"], r["target"]) == ("trak", "loss")],
+                    key=lambda r: r["mean"])
+    best_kfac = max([r for r in results["lds"] if (r["method"], r["target"], r["approx"], r["num_draws"]) ==
+                     ("kfac", "loss", "loss", best_trak["num_draws"])], key=lambda r: r["mean"])  # same S
+    assert paired["trak", "loss"]["mean"] == pytest.approx(np.mean(np.array(best_trak["per_query"])
+                                                                   - np.array(best_kfac["per_query"])))
     assert all(-1 <= r["mean"] <= 1 for r in results["lds"])
     assert {(c["method"], c["approx"]) for c in results["comparison"]} >= {("dtrak", "sqnorm"), ("pixel", "pixel"),
                                                                            ("trak", "loss"), ("kfac", "elbo")}

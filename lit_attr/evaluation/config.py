@@ -189,6 +189,8 @@ class BenchmarkConfig:
     queries: QueriesConfig = field(default_factory=QueriesConfig)
     methods: list[MethodConfig] = field(default_factory=lambda: [MethodConfig()])
     removal: RemovalConfig = field(default_factory=RemovalConfig)
+    reference_method: str | None = None
+    """Method the comparison table's paired differences are taken against (None: the first method)."""
     reuse: str | None = None
     """Root of another benchmark with the same recipe, queries and methods whose full model, queries and
     method scores this one links to instead of recomputing (e.g. to retrain under the other seeding protocol)."""
@@ -200,6 +202,8 @@ class BenchmarkConfig:
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ConfigError(f"Method names must be unique; got {names}.")
+        if self.reference_method is not None and self.reference_method not in names:
+            raise ConfigError(f"reference_method={self.reference_method!r} is not one of the methods {names}.")
         if self.removal.queries and self.removal.method not in names:
             raise ConfigError(f"removal.method={self.removal.method!r} is not one of the methods {names}.")
         if any(not 0 <= q < self.queries.num_generated for q in self.removal.queries):

@@ -114,7 +114,7 @@ def compute_results(bench: Benchmark, outcomes: BenchmarkOutcomes | None = None)
                                "damping": damping, "default_damping": d == 0, "split_half": split,
                                **lds(score_set.scores[:, a, d], masks, measured[:, :, 0, t])}
                         results["lds"].append(row)
-    results["comparison"] = comparison(results)
+    results["comparison"] = comparison(results, cfg.reference_method)
     results["substitution"] = substitution_tables(results)
     results["removal"] = removal_results(bench)
     return results
@@ -183,11 +183,15 @@ def _pm(stat: dict[str, float]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The LDS table, diagnostics and removal table as markdown."""
-    lines = ["| method | target | scores from | S | LDS (default damping) | LDS (best damping) |",
-             "|---|---|---|---|---|---|"]
+    reference = next((c["vs_reference"]["method"] for c in results.get("comparison", []) if "vs_reference" in c), "-")
+    lines = ["| method | target | scores from | S | LDS (default damping) | LDS (best damping) | "
+             f"best minus {reference} (paired) |", "|---|---|---|---|---|---|---|"]
     for c in results.get("comparison", []):
-        lines.append(f"| {c['method']} | {c['target']} | {c['approx']} | {c['num_draws']} | "
-                     f"{_pm(c['default'])} ({c['default']['damping']:g}) | {_pm(c['best'])} ({c['best']['damping']:g}) |")
+        delta = _pm(c["vs_reference"]) if "vs_reference" in c else "n/a"
+        draws = c["num_draws"] or "–"
+        lines.append(f"| {c['method']} | {c['target']} | {c['approx']} | {draws} | "
+                     f"{_pm(c['default'])} ({c['default']['damping']:g}) | {_pm(c['best'])} ({c['best']['damping']:g}) | "
+                     f"{delta} |")
     lines += [""]
     lines += [f"LDS on {results['num_subsets']} subsets ({results['num_subsets_with_two_seeds']} with two seeds), "
              f"{results['num_queries']} queries, N = {results['num_train']}, seeding protocol "
@@ -261,16 +265,40 @@ def _headline_rows(results: dict[str, Any], best_damping: bool = False) -> list[
     return list(chosen.values())
 
 
-def comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The comparison table (like the paper's Fig. 2): LDS at the default and at the best damping."""
+def comparison(results: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
+    """The comparison table (like the paper's Fig. 2): LDS at the default and at the best damping.
+
+    Each row also gets ``vs_reference``: the difference of its best-damping LDS to the ``reference`` method's
+    (default: the first method) on the same target, mean ± s.e. over queries of the per-query differences
+    (paired: both methods are ranked against the same retrained models, so query difficulty cancels), taken
+    at the row's number of draws S when the reference reports it (so S = 32 ablations face S = 32).
+    """
     best = {(r["method"], r["target"]): r for r in _headline_rows(results, best_damping=True)}
+    heads = _headline_rows(results)
+    reference = reference or (heads[0]["method"] if heads else None)
     rows = []
-    for r in _headline_rows(results):
+    for r in heads:
         b = best[(r["method"], r["target"])]
-        rows.append({"method": r["method"], "target": r["target"], "approx": r["approx"], "num_draws": r["num_draws"],
-                     "default": {"damping": r["damping"], "mean": r["mean"], "stderr": r["stderr"]},
-                     "best": {"damping": b["damping"], "mean": b["mean"], "stderr": b["stderr"]}})
+        row = {"method": r["method"], "target": r["target"], "approx": r["approx"], "num_draws": r["num_draws"],
+               "default": {"damping": r["damping"], "mean": r["mean"], "stderr": r["stderr"]},
+               "best": {"damping": b["damping"], "mean": b["mean"], "stderr": b["stderr"]}}
+        ref = _reference_row(results, best.get((reference, r["target"])), r["num_draws"])
+        if ref is not None:
+            mean, stderr = mean_and_stderr(torch.tensor(b["per_query"], dtype=torch.float64)
+                                           - torch.tensor(ref["per_query"], dtype=torch.float64))
+            row["vs_reference"] = {"method": reference, "mean": float(mean), "stderr": float(stderr)}
+        rows.append(row)
     return rows
+
+
+def _reference_row(results: dict[str, Any], head: dict[str, Any] | None, num_draws: int) -> dict[str, Any] | None:
+    """The reference method's best-damping row for ``head``'s target and approximation at ``num_draws`` draws
+    (``head`` itself when the reference does not report that S)."""
+    if head is None:
+        return None
+    same = [x for x in results["lds"] if (x["method"], x["target"], x["approx"]) ==
+            (head["method"], head["target"], head["approx"]) and x["num_draws"] == num_draws]
+    return max(same, key=lambda x: x["mean"]) if same else head
 
 
 def _figures(bench: Benchmark, results: dict[str, Any], outcomes: BenchmarkOutcomes) -> dict[str, Any]:
@@ -282,20 +310,26 @@ def _figures(bench: Benchmark, results: dict[str, Any], outcomes: BenchmarkOutco
     figures = {}
     rows = _headline_rows(results)
     targets = [t for t in results["diagnostics"] if not is_timestep_measurement(t)]
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(0.5 + 0.45 * len(results["comparison"]), 3.4), squeeze=False)
     for ax, target in zip(axes[0], targets):
-        sel = [r for r in rows if r["target"] == target]
-        labels = [r["method"] for r in sel]
-        means, errs = [r["mean"] for r in sel], [r["stderr"] for r in sel]
+        sel = [c for c in results["comparison"] if c["target"] == target]
+        labels = [c["method"] for c in sel]
+        best = [c["best"] for c in sel]
+        default = [c["default"] for c in sel]
         oracle = results["diagnostics"][target].get("oracle_lds")
         if oracle:
             labels.append("oracle")
-            means.append(oracle["mean"])
-            errs.append(oracle["stderr"])
-        ax.bar(range(len(labels)), means, yerr=errs, color=["C0"] * len(sel) + ["C7"] * (len(labels) - len(sel)))
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+            best.append(oracle)
+            default.append(oracle)
+        x = range(len(labels))
+        ax.bar(x, [b["mean"] for b in best], color="C0", alpha=0.35, label="best damping")
+        ax.bar(x, [d["mean"] for d in default], yerr=[d["stderr"] for d in default], width=0.5,
+               color=["C0"] * len(sel) + ["C7"] * (len(labels) - len(sel)), label="default damping")
+        ax.axhline(0, color="k", linewidth=0.5)
+        ax.set_xticks(x, labels, rotation=35, ha="right")
         ax.set_title(f"LDS, target {target}")
         ax.set_ylabel("LDS (Spearman)")
+        ax.legend(fontsize=7)
     figures["lds_bars"] = fig
     swept = sorted({r["method"] for r in results["lds"] if not r["default_damping"]})
     if swept:
