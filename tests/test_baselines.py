@@ -1,6 +1,5 @@
 """Baselines: seeded projections, TRAK's closed form, D-TRAK's gradients, cosine similarities, CLIP."""
 
-
 import numpy as np
 import pytest
 import torch

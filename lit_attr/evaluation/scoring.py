@@ -29,6 +29,11 @@ def curvature_path(curvature_dir: Path, method: MethodConfig) -> Path:
     return curvature_dir / f"{name}.safetensors"
 
 
+def _differences(stored: dict, wanted: dict) -> dict[str, tuple]:
+    """Keys of ``wanted`` whose stored value differs: key -> (stored, wanted)."""
+    return {key: (stored.get(key), value) for key, value in wanted.items() if stored.get(key) != value}
+
+
 def settings_mismatch(method: MethodConfig, metadata: dict) -> dict[str, tuple]:
     """Settings of ``method`` that differ from a stored run's ``metadata``: key -> (stored, wanted)."""
     c = method.curvature
@@ -43,7 +48,7 @@ def settings_mismatch(method: MethodConfig, metadata: dict) -> dict[str, tuple]:
     stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
     for key in ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction"):
         stored[f"curvature.{key}"] = (metadata.get("curvature") or {}).get(key)
-    return {key: (stored[key], value) for key, value in wanted.items() if stored[key] != value}
+    return _differences(stored, wanted)
 
 
 def projected_settings_mismatch(method: MethodConfig, metadata: dict) -> dict[str, tuple]:
@@ -58,9 +63,8 @@ def projected_settings_mismatch(method: MethodConfig, metadata: dict) -> dict[st
               "measurement.num_draws": method.query_num_draws,
               "projection": {"dim": method.projection_dim, "kind": method.projection_kind,
                              "seed": method.projection_seed}}
-    stored = {key: metadata.get(key) for key in wanted}
-    stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
-    return {key: (stored[key], value) for key, value in wanted.items() if stored[key] != value}
+    stored = {**metadata, "measurement.num_draws": (metadata.get("measurement") or {}).get("num_draws")}
+    return _differences(stored, wanted)
 
 
 def similarity_settings(method: MethodConfig) -> dict:
@@ -79,10 +83,11 @@ def _refuse(method: MethodConfig, output_dir: Path, differing: dict) -> None:
 def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curvature_dir: Path, recipe: str | dict,
                  queries: QueriesConfig) -> None:
     """Score all training examples of the recipe's data for every variant of ``method``; skipped when done."""
-    metadata = output_dir / "metadata.json"
-    if metadata.exists():
-        _refuse(method, output_dir, settings_mismatch(method, read_json(metadata)))
-        if read_json(metadata).get("finalized"):
+    metadata_path = output_dir / "metadata.json"
+    if metadata_path.exists():
+        metadata = read_json(metadata_path)
+        _refuse(method, output_dir, settings_mismatch(method, metadata))
+        if metadata.get("finalized"):
             print(f"[methods] {method.name}: already scored.", flush=True)
             return
     datamodule = _attribution_data(recipe, method.batch_size)
@@ -118,10 +123,11 @@ def score_projected(method: MethodConfig, checkpoint: Path, output_dir: Path, re
     """TRAK / D-TRAK: projected gradients in one pass (``ProjectedGradientModule``), then closed-form scores."""
     from lit_attr.evaluation.projected import ProjectedGradientModule, finish_projected_scores, finished_closed_form
 
-    metadata = output_dir / "metadata.json"
-    if metadata.exists():
-        _refuse(method, output_dir, projected_settings_mismatch(method, read_json(metadata)))
-        if read_json(metadata).get("finalized"):
+    metadata_path = output_dir / "metadata.json"
+    if metadata_path.exists():
+        metadata = read_json(metadata_path)
+        _refuse(method, output_dir, projected_settings_mismatch(method, metadata))
+        if metadata.get("finalized"):
             if finished_closed_form(output_dir) != (list(method.report_draws), [float(d) for d in method.dampings]):
                 finish_projected_scores(output_dir, method.report_draws, method.draws_per_group, list(method.dampings))
                 print(f"[methods] {method.name}: closed form recomputed for report_draws {method.report_draws}, "
@@ -157,8 +163,7 @@ def score_similarity(method: MethodConfig, dataset, query_images, output_dir: Pa
     path, settings = output_dir / "scores.npy", output_dir / "similarity.json"
     if path.exists():
         stored = read_json(settings) if settings.exists() else {}
-        wanted = similarity_settings(method)
-        _refuse(method, output_dir, {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v})
+        _refuse(method, output_dir, _differences(stored, similarity_settings(method)))
         print(f"[methods] {method.name}: already scored.", flush=True)
         return
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])

@@ -71,9 +71,9 @@ def measure_queries(
     """
     check_true_measurements(measurements)
     parsed = [parse_measurement(m) for m in measurements]
-    for kind, timestep in parsed:
-        if kind is Measurement.LOSS_AT_TIMESTEP:
-            check_timestep(timestep, ddpm.schedule.num_timesteps)
+    fixed = sorted({timestep for _, timestep in parsed if timestep is not None})  # the per-timestep losses' t
+    for timestep in fixed:
+        check_timestep(timestep, ddpm.schedule.num_timesteps)
     if num_draws < 2 or num_draws % 2:
         raise ConfigError(f"measurements.num_draws must be an even number >= 2, got {num_draws}.")
     unet = ddpm.attribution_unet
@@ -83,7 +83,6 @@ def measure_queries(
     weights = schedule.elbo_weights().double()
     queries_per_chunk = max(1, rows_per_batch // num_draws)
     half = num_draws // 2
-    fixed = sorted({timestep for _, timestep in parsed if timestep is not None})
     eps_model = unet_eps_model(unet)
 
     def errors(idx: Tensor, t: Tensor, noise: Tensor) -> Tensor:
