@@ -16,7 +16,9 @@ from lit_attr.data.datasets import write_index_file
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import expand_draws, loss_per_draw, unet_eps_model
+from lit_attr.errors import ConfigError
 from lit_attr.evaluation import training
+from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, RemovalConfig, TrueMeasurementConfig
 from lit_attr.evaluation.true_measurements import STREAM, measure_queries
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.storage import load_scores
@@ -96,6 +98,20 @@ def test_true_measurements_use_common_draws_and_match_a_direct_computation(tiny_
     torch.testing.assert_close(values[1], halves[0], rtol=1e-5, atol=0)
     torch.testing.assert_close(values[2], halves[1], rtol=1e-5, atol=0)
     torch.testing.assert_close(values[0], (halves[0] + halves[1]) / 2, rtol=1e-5, atol=0)
+    with pytest.raises(ConfigError, match="outside the model's timesteps 0..999"):
+        measure_queries(ddpm, images, ["loss_at_t1000"], num_draws=8, seed=3)
+
+
+def test_bad_measurement_settings_are_refused_by_the_config():
+    with pytest.raises(ConfigError, match="loss, elbo and loss_at_t<t>"):
+        TrueMeasurementConfig(measurements=["loss", "trajectory_logprob"])
+    with pytest.raises(ConfigError, match="without repeats"):
+        MethodConfig(measurements=["loss", "loss"])
+    with pytest.raises(ConfigError, match="removal.measurement='elbo' is not among"):
+        BenchmarkConfig(true_measurements=TrueMeasurementConfig(measurements=["loss"]),
+                        removal=RemovalConfig(queries=[0], method="kfac", measurement="elbo"))
+    with pytest.raises(ConfigError, match="reference_method='trak' is not one of the methods"):
+        BenchmarkConfig(reference_method="trak")
 
 
 def _trainer():
