@@ -54,7 +54,10 @@ class KFACCallback(L.Callback):
         mc_samples: MC-Fisher target draws per row.
         eigenvalue_correction: EK-FAC (a second pass; George et al. 2018).
         seed: seed of the draws and targets (None: the module's ``seed``, else 0).
-        draw_scheme: draw scheme (None: the module's ``draw_scheme``, else independent).
+        draw_scheme: ``independent`` or ``stratified`` (None: the per-example twin of the module's
+            ``draw_scheme``, ``DrawScheme.for_curvature``). Never shared: the factors estimate an
+            expectation over the data and timesteps, and S draws shared by every example would fit the
+            GGN on only S timesteps and noises.
         factors_path: where to save/load the factors (None: ``<output_dir>/factors/kfac.safetensors``
             for attribution, ``<log_dir>/factors/kfac.safetensors`` after fit).
         fit_after_training: run the pass at the end of ``fit``.
@@ -69,7 +72,7 @@ class KFACCallback(L.Callback):
         mc_samples: int = 1,
         eigenvalue_correction: bool = False,
         seed: int | None = None,
-        draw_scheme: Literal["independent", "shared", "stratified"] | None = None,
+        draw_scheme: Literal["independent", "stratified"] | None = None,
         factors_path: str | None = None,
         fit_after_training: bool = True,
         progressbar: bool = True,
@@ -80,6 +83,10 @@ class KFACCallback(L.Callback):
         self.fisher_type, self.kfac_approx = FisherType(fisher_type), KFACApprox(kfac_approx)
         self.eigenvalue_correction = eigenvalue_correction
         self.seed, self.draw_scheme = seed, None if draw_scheme is None else DrawScheme(draw_scheme)
+        if self.draw_scheme is not None and self.draw_scheme.is_shared:
+            raise ConfigError(f"KFACCallback draw_scheme={draw_scheme!r}: the curvature draws cannot be shared across "
+                              "examples (the factors would see only num_draws timesteps); use independent or "
+                              "stratified, or leave it unset to follow the module's scheme per example.")
         self.factors_path = factors_path
         self.fit_after_training, self.progressbar = fit_after_training, progressbar
 
@@ -118,8 +125,10 @@ class KFACCallback(L.Callback):
         return self.seed if self.seed is not None else int(getattr(pl_module, "seed", 0))
 
     def resolved_scheme(self, pl_module: L.LightningModule) -> DrawScheme:
-        """The draw scheme in force: this callback's, else the module's ``draw_scheme``, else independent."""
-        return self.draw_scheme or DrawScheme(getattr(pl_module, "draw_scheme", DrawScheme.INDEPENDENT))
+        """The draw scheme in force: this callback's, else the per-example twin of the module's, else independent."""
+        if self.draw_scheme is not None:
+            return self.draw_scheme
+        return DrawScheme(getattr(pl_module, "draw_scheme", DrawScheme.INDEPENDENT)).for_curvature()
 
     def load(self, path: Path, metadata: dict[str, Any]) -> KFACEigen | None:
         """The stored curvature if it was made with ``metadata``; None if absent or different."""

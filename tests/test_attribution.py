@@ -15,7 +15,7 @@ from lit_attr.curvature.kfac import load_factors
 from lit_attr.attribution.run import run_attribution
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.data.datasets import write_index_file
-from lit_attr.errors import StoreMismatchError
+from lit_attr.errors import ConfigError, StoreMismatchError
 from lit_attr.storage import load_scores
 from tests.helpers import run_script, tiny_config, train_tiny_ddpm
 
@@ -104,6 +104,33 @@ def test_scores_do_not_depend_on_batch_size(tiny_run, reference_scores):
     attribute_in_process(tiny_run, other, batch_size=7)
     assert_same_curvature(out, other)
     assert_same_scores(load_scores(other), scores)
+
+
+def test_curvature_does_not_depend_on_the_gradient_draw_sharing(tiny_run, reference_scores):
+    """Shared gradient draws keep per-example curvature draws: the factors equal the unshared run's."""
+    out, _ = reference_scores  # stratified
+    shared = tiny_run / "shared_stratified"
+    module = attribute_in_process(tiny_run, shared, draw_scheme="shared_stratified")
+    a, b = (load_factors(d / "factors" / "factors.safetensors") for d in (out, shared))
+    assert b.metadata["draw_scheme"] == "stratified"
+    for name, (a_a, g_a) in a.factors.items():
+        assert torch.equal(b.factors[name][0], a_a) and torch.equal(b.factors[name][1], g_a)
+    assert module.draw_scheme.value == "shared_stratified"
+    with pytest.raises(ConfigError, match="cannot be shared"):
+        KFACCallback(draw_scheme="shared")
+
+
+def test_batches_of_one_example_and_one_query(tiny_run, reference_scores):
+    """Ragged last batches of ONE training example (96 = 95 + 1) and ONE query (3 = 2 + 1) once crashed."""
+    out, scores = reference_scores
+    ragged = tiny_run / "ragged"
+    attribute_in_process(tiny_run, ragged, batch_size=95, query_batch_size=2)
+    assert_same_curvature(out, ragged)
+    assert_same_scores(load_scores(ragged), scores)
+    single = tiny_run / "single_query"
+    attribute_in_process(tiny_run, single, batch_size=1, subset=True, curvature_draws=1,
+                         queries={"num_generated": 1, "num_sampling_steps": 10})
+    assert load_scores(single).shape == (NUM_TRAIN, 1) and np.isfinite(load_scores(single)).all()
 
 
 def test_int8_query_compression_keeps_the_ranking(tiny_run, reference_scores):

@@ -23,19 +23,22 @@ from tests.cases import CONV_CASE, single_thread, tiny_unet  # noqa: F401
 from tests.reference import assert_close_report, loop_per_example_gradients
 
 
-def test_per_example_loss_gradients_equal_loop_on_unet():
+@pytest.mark.parametrize("num_examples, num_draws", [(3, 3), (1, 1), (1, 4), (2, 1)])
+def test_per_example_loss_gradients_equal_loop_on_unet(num_examples, num_draws):
+    """Includes a batch of one example (a ragged last batch, a single query), which once crashed."""
     unet = tiny_unet()
     modules = select_kfac_modules(unet)
     schedule = DiffusionSchedule(1000)
     eps = lambda xt, t: unet(xt, t).sample  # noqa: E731
-    x0 = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    timesteps, noise = draw_for_batch(torch.arange(3), 3, (1, 8, 8), 1000, seed=0, stream="train")
+    x0 = torch.randn(num_examples, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    timesteps, noise = draw_for_batch(torch.arange(num_examples), num_draws, (1, 8, 8), 1000, seed=0, stream="train")
     noise = noise.double()
     grads = per_example_loss_gradients(eps, schedule, modules, x0, timesteps, noise, model=unet)
     assert all(p.requires_grad and p.grad is None for p in unet.parameters())
     sl = lambda b: slice(b, b + 1)  # noqa: E731
     expected = loop_per_example_gradients(
-        modules, lambda b: loss_per_example(eps, schedule, x0[sl(b)], timesteps[sl(b)], noise[sl(b)]).sum(), 3
+        modules, lambda b: loss_per_example(eps, schedule, x0[sl(b)], timesteps[sl(b)], noise[sl(b)]).sum(),
+        num_examples,
     )
     assert any("to_k" in name for name in grads)
     for name, g in expected.items():

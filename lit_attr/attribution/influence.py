@@ -88,7 +88,7 @@ class InfluenceModule(L.LightningModule):
         measurement: MeasurementConfig | None = None,
         num_draws: int = 16,
         seed: int = 0,
-        draw_scheme: Literal["independent", "shared", "stratified"] = "stratified",
+        draw_scheme: Literal["independent", "stratified", "shared", "shared_stratified"] = "stratified",
         damping: float = 1e-8,
         query_compression: Literal["int8", "fp16", "none"] = "int8",
         score_dtype: Literal["float32", "float16"] = "float32",

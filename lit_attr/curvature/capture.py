@@ -305,7 +305,7 @@ def conv_patch_gram(module: nn.Conv2d, x: Tensor, plan: _ConvPlan | None = None)
     blocks = x.new_zeros(kk, kk, channels, channels)
     for shift, q0, q1, pairs, masks in plan.shifts:
         products = torch.bmm(pixels[q0:q1].transpose(1, 2), pixels[q0 + shift : q1 + shift])
-        sums = (masks.to(x) @ products.view(q1 - q0, -1)).view(-1, channels, channels)
+        sums = (masks.to(x) @ products.reshape(q1 - q0, -1)).view(-1, channels, channels)
         for (t1, t2), block in zip(pairs, sums):
             blocks[t1, t2] = block
             if t1 != t2:
@@ -356,4 +356,4 @@ def _conv_grouped_weight(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: in
         draws_as_batch(x), (groups * out, channels, *module.kernel_size), draws_as_batch(g),
         module.stride, conv_padding(module), module.dilation, groups=groups,
     )
-    return weight.view(groups, out, -1)
+    return weight.reshape(groups, out, -1)  # one group: conv2d_weight may return a non-contiguous view

@@ -1,13 +1,20 @@
 """Seeded Monte Carlo draws of (timestep, noise) per example (paper App. G.3).
 
 Each example's S draws depend only on ``(seed, example_index, stream)`` (see ``lit_attr.seeding``),
-never on the batch it sits in. Three schemes:
+never on the batch it sits in. A scheme is two independent choices:
 
-- ``independent`` (the paper's): every example draws its own S pairs from its own generator;
-- ``shared``: every example (and every query) uses the same S pairs, i.e. common random numbers
-  across examples, which cancels the common-mode part of the MC error in comparisons;
-- ``stratified``: per-example generator, timesteps stratified over [0, T) (one per stratum, in a
-  random order) and the noise drawn as antithetic pairs ``(eps, -eps)``.
+- *who shares the draws*: every example its own draws (``independent``, ``stratified``), or every
+  example and every query the very same S draws (``shared``, ``shared_stratified``): common random
+  numbers across examples, which cancels the common-mode part of the MC error when scores of
+  different examples are added or compared (the LDS sums scores over subsets);
+- *how the S draws are made*: i.i.d. uniform timesteps and Gaussian noise (``independent``,
+  ``shared``), or stratified + antithetic (``stratified``, ``shared_stratified``): the S draws form
+  ceil(S/2) pairs ``(t_k, eps_k), (t_k, -eps_k)`` with one timestep per stratum
+  ``[k T / K, (k+1) T / K)``, K = ceil(S/2). Both members of a pair sit at the *same* timestep, so the
+  terms of the loss (and of its gradient) that are odd in the noise cancel within the pair.
+
+The curvature (K-FAC factors) is an expectation over the data and must see many timesteps whatever
+the gradients use: ``DrawScheme.for_curvature`` maps a shared scheme to its per-example twin.
 """
 
 from __future__ import annotations
@@ -21,17 +28,32 @@ from lit_attr.seeding import generator_for
 
 
 class DrawScheme(str, Enum):
-    """How the S (timestep, noise) draws of an example are made."""
+    """How the S (timestep, noise) draws of an example are made (see the module docstring)."""
 
     INDEPENDENT = "independent"
-    SHARED = "shared"
     STRATIFIED = "stratified"
+    SHARED = "shared"
+    SHARED_STRATIFIED = "shared_stratified"
+
+    @property
+    def is_shared(self) -> bool:
+        """Every example (and query) gets the same draws."""
+        return self in (DrawScheme.SHARED, DrawScheme.SHARED_STRATIFIED)
+
+    @property
+    def is_stratified(self) -> bool:
+        """Stratified timesteps with antithetic noise pairs on the same timestep."""
+        return self in (DrawScheme.STRATIFIED, DrawScheme.SHARED_STRATIFIED)
+
+    def for_curvature(self) -> DrawScheme:
+        """The per-example scheme with the same sampling: curvature draws are never shared."""
+        return DrawScheme.STRATIFIED if self.is_stratified else DrawScheme.INDEPENDENT
 
 
 SHARED_KEY = 0
-"""Example index whose generator every example uses under ``DrawScheme.SHARED``."""
+"""Example index whose generator every example uses under a shared scheme."""
 SHARED_STREAM = "shared"
-"""Stream of ``DrawScheme.SHARED``: training examples and queries get the very same draws."""
+"""Stream of the shared schemes: training examples and queries get the very same draws."""
 
 
 def draw_for_example(
@@ -46,13 +68,13 @@ def draw_for_example(
     """The S draws of one example.
 
     Args:
-        example_index: stable dataset index of the example (ignored under ``shared``).
+        example_index: stable dataset index of the example (ignored by the shared schemes).
         num_draws: S, the number of (timestep, noise) pairs.
         sample_shape: shape of one image, (C, H, W).
         num_timesteps: T; timesteps are drawn from [0, T).
         seed: the user's seed.
         stream: purpose of the draws (e.g. ``"train"``, ``"query"``, ``"curvature"``). Under
-            ``shared`` every purpose uses the same S draws; only a draw-set suffix ``"/<k>"`` (the
+            the shared schemes every purpose uses the same S draws; only a draw-set suffix ``"/<k>"`` (the
             independent draw groups of ``lit_attr.evaluation.variants``, e.g. ``"train/3"``) selects
             another shared set.
         scheme: a ``DrawScheme``.
@@ -61,12 +83,12 @@ def draw_for_example(
         ``(timesteps, noise)`` of shapes (S,) long and (S, C, H, W) float32.
     """
     scheme = DrawScheme(scheme)
-    if scheme is DrawScheme.SHARED:
+    if scheme.is_shared:
         draw_set = stream[stream.index("/"):] if "/" in stream else ""
         generator = generator_for(seed, SHARED_KEY, SHARED_STREAM + draw_set)
     else:
         generator = generator_for(seed, int(example_index), stream)
-    if scheme is DrawScheme.STRATIFIED:
+    if scheme.is_stratified:
         return _stratified_antithetic(num_draws, sample_shape, num_timesteps, generator)
     timesteps = torch.randint(0, num_timesteps, (num_draws,), generator=generator)
     noise = torch.randn((num_draws, *sample_shape), generator=generator)
@@ -76,13 +98,18 @@ def draw_for_example(
 def _stratified_antithetic(
     num_draws: int, sample_shape: tuple[int, ...], num_timesteps: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """One timestep per stratum ``[s T / S, (s+1) T / S)`` in random order; noise as (eps, -eps) pairs."""
-    offsets = torch.rand(num_draws, generator=generator, dtype=torch.float64)
-    strata = (torch.arange(num_draws, dtype=torch.float64) + offsets) * num_timesteps / num_draws
-    timesteps = strata.floor().long().clamp(max=num_timesteps - 1)
-    timesteps = timesteps[torch.randperm(num_draws, generator=generator)]
-    half = torch.randn(((num_draws + 1) // 2, *sample_shape), generator=generator)
-    noise = torch.cat([half, -half])[:num_draws]
+    """K = ceil(S/2) antithetic pairs, pair k at one timestep of stratum ``[k T / K, (k+1) T / K)``.
+
+    Returns draws ordered ``(t_0, eps_0), (t_0, -eps_0), (t_1, eps_1), ...`` (an odd S drops the last
+    ``-eps``): timesteps (S,) long and noise (S, *sample_shape).
+    """
+    num_pairs = (num_draws + 1) // 2
+    offsets = torch.rand(num_pairs, generator=generator, dtype=torch.float64)
+    strata = (torch.arange(num_pairs, dtype=torch.float64) + offsets) * num_timesteps / num_pairs
+    pair_timesteps = strata.floor().long().clamp(max=num_timesteps - 1)
+    half = torch.randn((num_pairs, *sample_shape), generator=generator)
+    timesteps = pair_timesteps.repeat_interleave(2)[:num_draws]
+    noise = torch.stack([half, -half], dim=1).flatten(0, 1)[:num_draws]
     return timesteps, noise
 
 

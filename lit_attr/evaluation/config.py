@@ -103,6 +103,8 @@ class CurvatureConfig:
     fisher_type: Literal["mc", "empirical", "type-2"] = "mc"
     kfac_approx: Literal["expand", "reduce"] = "expand"
     eigenvalue_correction: bool = False
+    draw_scheme: Literal["independent", "stratified"] = "independent"
+    """Curvature draws per example (never shared: see ``DrawScheme.for_curvature``)."""
 
 
 @dataclass
@@ -113,7 +115,7 @@ class MethodConfig:
     """Label and folder name (``<root>/methods/<name>``)."""
     kind: Literal["kfac", "trak", "dtrak", "pixel", "clip"] = "kfac"
     """K-FAC influence (ours), TRAK, D-TRAK, pixel cosine or CLIP cosine."""
-    draw_scheme: Literal["independent", "shared", "stratified"] = "stratified"
+    draw_scheme: Literal["independent", "stratified", "shared", "shared_stratified"] = "stratified"
     """Draw scheme of the training and query gradients (stratified: the digits benchmark's winner)."""
     draws_per_group: int = 16
     """S of one draw group."""

@@ -25,7 +25,8 @@ CURVATURE_SEED = 0
 def curvature_path(curvature_dir: Path, method: MethodConfig) -> Path:
     """Factors file shared by every method with the same K-FAC settings."""
     c = method.curvature
-    name = f"{c.fisher_type}_{c.kfac_approx}_S{c.num_draws}{'_ekfac' if c.eigenvalue_correction else ''}"
+    scheme = "" if c.draw_scheme == "independent" else f"_{c.draw_scheme}"
+    name = f"{c.fisher_type}_{c.kfac_approx}_S{c.num_draws}{scheme}{'_ekfac' if c.eigenvalue_correction else ''}"
     return curvature_dir / f"{name}.safetensors"
 
 
@@ -42,11 +43,11 @@ def settings_mismatch(method: MethodConfig, metadata: dict) -> dict[str, tuple]:
               "dampings": [float(d) for d in method.dampings],
               "measurement.num_draws": method.query_num_draws, "curvature.num_draws": c.num_draws,
               "curvature.fisher_type": c.fisher_type, "curvature.kfac_approx": c.kfac_approx,
-              "curvature.eigenvalue_correction": c.eigenvalue_correction}
+              "curvature.eigenvalue_correction": c.eigenvalue_correction, "curvature.draw_scheme": c.draw_scheme}
     stored = {key: metadata.get(key) for key in ("num_draws", "num_groups", "seed", "draw_scheme", "measurements",
                                                   "dampings")}
     stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
-    for key in ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction"):
+    for key in ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction", "draw_scheme"):
         stored[f"curvature.{key}"] = (metadata.get("curvature") or {}).get(key)
     return _differences(stored, wanted)
 
@@ -94,7 +95,7 @@ def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curva
     c = method.curvature
     kfac = KFACCallback(num_draws=c.num_draws, fisher_type=c.fisher_type, kfac_approx=c.kfac_approx,
                         eigenvalue_correction=c.eigenvalue_correction, seed=CURVATURE_SEED,
-                        draw_scheme="independent", factors_path=str(curvature_path(curvature_dir, method)),
+                        draw_scheme=c.draw_scheme, factors_path=str(curvature_path(curvature_dir, method)),
                         progressbar=False)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[kfac, ScoreWriter()])
