@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import lightning as L
 import torch
@@ -45,7 +45,8 @@ class OptimizerConfig:
 
 @dataclass
 class DiffusionConfig:
-    """The forward process (Ho et al.: linear betas 1e-4..0.02, T = 1000)."""
+    """The forward process and parameterisation (Ho et al.: linear betas 1e-4..0.02, T = 1000, epsilon);
+    diffusers' ``DDPMScheduler`` settings of the same names."""
 
     num_timesteps: int = 1000
     """T, number of diffusion steps."""
@@ -53,6 +54,22 @@ class DiffusionConfig:
     """First beta."""
     beta_end: float = 0.02
     """Last beta."""
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid"] = "linear"
+    """How the betas go from beta_start to beta_end (diffusers' names)."""
+    trained_betas: list[float] | None = None
+    """Explicit betas (length num_timesteps); override beta_schedule."""
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    """What the U-Net predicts; the loss is the error of that target."""
+    variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"] = "fixed_small"
+    """Reverse-process variance used by the sampler, the ELBO and the trajectory measurement."""
+    clip_sample: bool = False
+    """The sampler clamps its x0 prediction to [-clip_sample_range, clip_sample_range]."""
+    clip_sample_range: float = 1.0
+    """Bound of clip_sample."""
+
+    def build(self) -> DiffusionSchedule:
+        """The ``DiffusionSchedule`` of these settings."""
+        return DiffusionSchedule(**asdict(self))
 
 
 ConfigT = TypeVar("ConfigT")
@@ -84,6 +101,8 @@ class DDPMModule(L.LightningModule):
         optimizer: AdamW and LR schedule.
         ema_decay: EMA decay of the weights used for sampling and attribution (0 disables EMA).
         loss_buckets: number of timestep buckets for the logged per-bucket loss (0: not logged).
+        diffusers_unet_config: the complete diffusers ``UNet2DModel`` config of an imported pipeline (set by
+            ``lit_attr.pipeline_io.import_pipeline``); replaces ``unet`` so that every setting is kept.
     """
 
     def __init__(
@@ -94,6 +113,7 @@ class DDPMModule(L.LightningModule):
         optimizer: OptimizerConfig | dict | None = None,
         ema_decay: float = 0.999,
         loss_buckets: int = 10,
+        diffusers_unet_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         unet, diffusion = as_config(unet, UNetConfig), as_config(diffusion, DiffusionConfig)
@@ -104,14 +124,32 @@ class DDPMModule(L.LightningModule):
             raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
         # Plain dicts, so that checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({"image_shape": list(image_shape), "unet": asdict(unet), "diffusion": asdict(diffusion),
-                                   "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets})
+                                   "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets,
+                                   "diffusers_unet_config": diffusers_unet_config})
         self.image_shape = tuple(image_shape)
         self.optimizer_config = optimizer
         self.ema_decay = ema_decay
         self.loss_buckets = loss_buckets
-        self.unet = build_unet(unet, self.image_shape)
+        self.diffusion_config = diffusion
+        if diffusers_unet_config is not None:
+            self.unet = UNet2DModel.from_config(diffusers_unet_config)
+        else:
+            self.unet = build_unet(unet, self.image_shape)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        self.schedule = DiffusionSchedule(diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end)
+        self.schedule = diffusion.build()
+
+    def adopt_unet(self, unet: UNet2DModel) -> None:
+        """Use ``unet`` itself (e.g. as loaded by diffusers) as the trained weights; the EMA copy shares it when EMA is
+        off."""
+        self.unet = unet
+        self.ema_unet = unet if self.ema_decay <= 0 else copy.deepcopy(unet).requires_grad_(False).eval()
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of a class-conditional U-Net (``num_class_embeds``), else None."""
+        if getattr(self.unet, "class_embedding", None) is None:
+            return None
+        return self.unet.config.num_class_embeds
 
     @property
     def attribution_unet(self) -> UNet2DModel:
@@ -123,7 +161,7 @@ class DDPMModule(L.LightningModule):
         x0 = batch["image"]
         t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
-        losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise)
+        losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise, batch.get("label"))
         loss = losses.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         if self.loss_buckets > 0:
@@ -159,12 +197,19 @@ class DDPMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def generate(
-        self, num_samples: int, seed: int = 0, num_steps: int | None = None, record_trajectory: bool = False
+        self, num_samples: int, seed: int = 0, num_steps: int | None = None, record_trajectory: bool = False,
+        labels: Tensor | None = None,
     ) -> SamplingResult:
-        """Sample from the attribution weights (EMA); see ``lit_attr.diffusion.sampling.sample``."""
+        """Sample from the attribution weights (EMA); see ``lit_attr.diffusion.sampling.sample``.
+
+        A class-conditional model samples ``labels`` (num_samples,), by default the classes in turn.
+        """
+        if self.num_classes is not None and labels is None:
+            labels = torch.arange(num_samples) % self.num_classes
         was_training = self.attribution_unet.training
         self.attribution_unet.eval()
         result = sample(unet_eps_model(self.attribution_unet), self.schedule, num_samples, self.image_shape,
-                        seed=seed, num_steps=num_steps, record_trajectory=record_trajectory, device=self.device)
+                        seed=seed, num_steps=num_steps, record_trajectory=record_trajectory, device=self.device,
+                        labels=labels)
         self.attribution_unet.train(was_training)
         return result

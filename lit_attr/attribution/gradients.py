@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr.curvature.capture import LayerCapture, grad_enabled, grouped_gradients
-from lit_attr.diffusion.loss import EpsModel, expand_draws, loss_per_draw
+from lit_attr.diffusion.loss import EpsModel, expand_draws, expand_labels, loss_per_draw
 from lit_attr.diffusion.schedule import DiffusionSchedule
 
 
@@ -63,7 +63,7 @@ def per_example_gradients(
 
 def per_example_loss_gradients(
     eps_model: EpsModel, schedule: DiffusionSchedule, modules: dict[str, nn.Module], x0: Tensor, timesteps: Tensor,
-    noise: Tensor, model: nn.Module | None = None,
+    noise: Tensor, model: nn.Module | None = None, labels: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Gradients of the per-example DDPM loss averaged over its S draws (eq. 2 with App. G.3).
 
@@ -73,6 +73,7 @@ def per_example_loss_gradients(
         modules: K-FAC'd layers by name.
         x0: images (B, C, H, W); timesteps: (B, S); noise: (B, S, C, H, W).
         model: owner of ``modules``.
+        labels: (B,) class labels of a class-conditional model, or None.
 
     Returns:
         name -> (B, out, in+1).
@@ -81,7 +82,7 @@ def per_example_loss_gradients(
 
     def row_loss_fn() -> Tensor:
         rows = expand_draws(x0.clone(), timesteps.to(x0.device).clone(), noise.to(x0).clone())
-        return loss_per_draw(eps_model, schedule, *rows) / num_draws
+        return loss_per_draw(eps_model, schedule, *rows, expand_labels(labels, num_draws)) / num_draws
 
     return per_example_gradients(model, modules, row_loss_fn, num_examples, num_draws)
 

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from lit_attr.curvature.capture import LayerCapture, grad_covariance_sum, grad_enabled, input_covariance_sum
 from lit_attr.curvature.layers import gradient_matrix_shape
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
-from lit_attr.diffusion.loss import EpsModel, expand_draws
+from lit_attr.diffusion.loss import EpsModel, call_model, expand_draws, expand_labels
 from lit_attr.diffusion.schedule import DiffusionSchedule
 from lit_attr.errors import ConfigError
 from lit_attr.seeding import generator_for
@@ -219,25 +219,29 @@ class RowPassAccumulator:
 
     def update_ddpm(
         self, eps_model: EpsModel, schedule: DiffusionSchedule, x0: Tensor, timesteps: Tensor, noise: Tensor,
-        example_indices: Tensor,
+        example_indices: Tensor, labels: Tensor | None = None,
     ) -> None:
         """``update`` for the DDPM loss: the rows are ``(x_t, t)`` with ``x_t = q_sample(x0, t, eps)``.
 
         Args:
-            eps_model: ``eps_model(x_t, t) -> eps_hat``.
+            eps_model: ``eps_model(x_t, t[, labels]) -> output``.
             schedule: the forward process.
             x0: images (B, C, H, W).
             timesteps: (B, S) draws (``lit_attr.diffusion.draws``).
-            noise: (B, S, C, H, W) draws; also the empirical Fisher's targets.
+            noise: (B, S, C, H, W) draws; the empirical Fisher's targets are ``schedule.training_target`` (eps itself
+                for epsilon prediction).
             example_indices: (B,) stable dataset indices.
+            labels: (B,) class labels of a class-conditional model, or None.
         """
         timesteps, noise = timesteps.to(x0.device), noise.to(x0)
+        x0_rows, t_rows, noise_rows = expand_draws(x0, timesteps, noise)
+        label_rows = expand_labels(labels, timesteps.shape[1])
 
         def forward_fn() -> Tensor:
-            x0_rows, t_rows, noise_rows = expand_draws(x0.clone(), timesteps.clone(), noise.clone())
-            return eps_model(schedule.q_sample(x0_rows, t_rows, noise_rows), t_rows)
+            x_t = schedule.q_sample(x0_rows.clone(), t_rows.clone(), noise_rows.clone())
+            return call_model(eps_model, x_t, t_rows, label_rows)
 
-        self.update(forward_fn, example_indices, targets=noise.reshape(-1, *noise.shape[2:]))
+        self.update(forward_fn, example_indices, targets=schedule.training_target(x0_rows, noise_rows, t_rows))
 
     def _add_inputs(self, inputs: dict[str, Tensor]) -> None:
         raise NotImplementedError
@@ -334,7 +338,7 @@ def iterate_ddpm_batches(
         timesteps, noise = draw_for_batch(
             batch["index"], num_draws, tuple(x0.shape[1:]), schedule.num_timesteps, seed, CURVATURE_STREAM, draw_scheme
         )
-        accumulator.update_ddpm(eps_model, schedule, x0, timesteps, noise, batch["index"])
+        accumulator.update_ddpm(eps_model, schedule, x0, timesteps, noise, batch["index"], batch.get("label"))
 
 
 def fit_kfac_factors(
