@@ -145,6 +145,11 @@ class DDPMModule(L.LightningModule):
         self.ema_unet = unet if self.ema_decay <= 0 else copy.deepcopy(unet).requires_grad_(False).eval()
 
     @property
+    def is_latent(self) -> bool:
+        """Whether the U-Net works on the latents of a VAE (``lit_attr.latent``) rather than on pixels."""
+        return getattr(self, "vae", None) is not None
+
+    @property
     def num_classes(self) -> int | None:
         """Number of classes of a class-conditional U-Net (``num_class_embeds``), else None."""
         if getattr(self.unet, "class_embedding", None) is None:

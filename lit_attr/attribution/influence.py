@@ -133,7 +133,7 @@ class InfluenceModule(L.LightningModule):
         return {
             "method": "kfac_influence", "checkpoint": str(self.checkpoint), **self.curvature_identity(),
             "queries": {"source": self.queries.source, "hash": self.queries.fingerprint(),
-                        "config": asdict(self.query_config)},
+                        "config": self.query_config.metadata()},
             "measurement": {**asdict(self.measurement_config), "measurement": self.measurement_spec.measurement.value},
             "num_draws": self.num_draws, "seed": self.seed, "draw_scheme": self.draw_scheme.value,
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
@@ -205,7 +205,7 @@ class InfluenceModule(L.LightningModule):
         unet = self.ddpm.attribution_unet
         images = self.queries.images.to(self.device)
         trajectory = None if self.queries.trajectory is None else self.queries.trajectory.to(self.device)
-        timesteps = self.queries.timesteps
+        timesteps, labels = self.queries.timesteps, self.queries.labels
         parts = []
         for start in range(0, len(images), self.query_batch_size):
             idx = torch.arange(start, min(start + self.query_batch_size, len(images)))
@@ -213,7 +213,8 @@ class InfluenceModule(L.LightningModule):
 
             def rows(idx: Tensor = idx, traj: Tensor | None = traj) -> Tensor:
                 return measurement_rows(self.measurement_spec, unet_eps_model(unet), self.ddpm.schedule,
-                                        images[idx].clone(), idx, traj, timesteps)
+                                        images[idx].clone(), idx, traj, timesteps,
+                                        None if labels is None else labels[idx])
 
             parts.append(per_example_gradients(unet, self.kfac_modules, rows, len(idx), self.measurement_spec.num_draws))
         return {name: torch.cat([p[name] for p in parts]) for name in self.kfac_modules}
@@ -229,7 +230,8 @@ class InfluenceModule(L.LightningModule):
         timesteps, noise = draw_for_batch(batch["index"].cpu(), self.num_draws, tuple(x0.shape[1:]),
                                           self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
         grads = per_example_loss_gradients(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
-                                           self.kfac_modules, x0, timesteps, noise, self.ddpm.attribution_unet)
+                                           self.kfac_modules, x0, timesteps, noise, self.ddpm.attribution_unet,
+                                           batch.get("label"))
         return flatten_gradients(grads)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
