@@ -276,7 +276,7 @@ def test_diffusion_datamodule_batches():
     module.setup("fit")
     assert module.num_train == 1797
     batch = next(iter(module.train_dataloader()))
-    assert set(batch) == {"index", "image"}
+    assert set(batch) == {"index", "image", "label"} and batch["label"].max() == 9
     assert batch["image"].shape == (64, 1, 8, 8) and batch["image"].dtype == torch.float32
     assert batch["index"].shape == (64,) and batch["index"].dtype == torch.int64
     assert batch["index"].tolist() != list(range(64))  # shuffled

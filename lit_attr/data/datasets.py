@@ -3,7 +3,8 @@
 Every item is a dict ``{"index": int, "image": Tensor}``: ``image`` is float32 of shape
 (C, H, W) scaled to [-1, 1], and ``index`` is the example's *stable* index, which names it in
 score matrices (rows of shape (num_train, num_queries)), done masks and index files whatever the
-shuffling, batch size or device count. CIFAR items also carry ``"label": int`` (CIFAR-10 label).
+shuffling, batch size or device count. Digits and CIFAR items also carry ``"label": int`` (the digit,
+the CIFAR-10 label), used by class-conditional models.
 
 Datasets (``DATASET_NAMES``):
 
@@ -101,11 +102,12 @@ class ArrayImageDataset(IndexedDataset):
 
 
 def load_digits_dataset(random_flip: bool = False) -> ArrayImageDataset:
-    """scikit-learn's digits: 1797 images of shape (1, 8, 8), ``image = pixels / 8 - 1``."""
+    """scikit-learn's digits: 1797 images of shape (1, 8, 8), ``image = pixels / 8 - 1``, labels 0..9."""
     from sklearn.datasets import load_digits
 
-    raw = torch.from_numpy(load_digits().images).to(torch.float32).unsqueeze(1)
-    return ArrayImageDataset(raw, max_value=16.0, random_flip=random_flip)
+    digits = load_digits()
+    raw = torch.from_numpy(digits.images).to(torch.float32).unsqueeze(1)
+    return ArrayImageDataset(raw, max_value=16.0, labels=digits.target.tolist(), random_flip=random_flip)
 
 
 def find_cifar_folder(data_dir: str | Path) -> Path:

@@ -103,6 +103,9 @@ def unet_eps_model(unet: torch.nn.Module) -> EpsModel:
         if labels is None:
             raise ConfigError(f"The U-Net is class-conditional (num_class_embeds={num_classes}) but no class labels were "
                               "given: use a dataset whose items carry labels, and --model.queries.labels for queries.")
+        if bool(((labels < 0) | (labels >= num_classes)).any()):
+            raise ConfigError(f"Class labels {sorted(set(labels.tolist()))[:10]} are outside the U-Net's classes "
+                              f"0..{num_classes - 1}: set --model.unet.num_class_embeds to the number of classes.")
         return unet(x_t, t, class_labels=labels).sample
 
     return eps_model
