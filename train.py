@@ -1,12 +1,11 @@
-"""Train a DDPM: ``python train.py fit --config configs/digits.yaml`` (LightningCLI)."""
+"""Train a DDPM: ``python train.py fit --config configs/digits.yaml`` (LightningCLI); a config may name another
+model, e.g. ``configs/vae_digits.yaml`` trains the autoencoder of a latent DDPM."""
 
-from lit_attr.cli import LitAttrCLI
-from lit_attr.data.datamodules import DiffusionDataModule
-from lit_attr.ddpm_module import DDPMModule
+from lit_attr.cli import train_cli
 
 
 def main() -> None:
-    LitAttrCLI(DDPMModule, DiffusionDataModule, save_config_kwargs={"overwrite": True})
+    train_cli(save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":

@@ -45,13 +45,14 @@ class SampleGridCallback(L.Callback):
         if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
             return
         result = pl_module.generate(self.num_samples, seed=self.seed, num_steps=self.num_sampling_steps)
-        log_grid(trainer.logger, "samples", result.images, step)
+        log_grid(trainer.logger, "samples", pl_module.to_pixels(result.images), step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         result = pl_module.generate(self.num_samples, seed=self.seed, num_steps=self.final_num_sampling_steps)
-        log_grid(trainer.logger, "samples_final", result.images, trainer.global_step)
+        images = pl_module.to_pixels(result.images)  # decoded, for a latent model
+        log_grid(trainer.logger, "samples_final", images, trainer.global_step)
         out_dir = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
-        path = save_grid(result.images, out_dir / self.filename)
+        path = save_grid(images, out_dir / self.filename)
         print(f"Wrote {self.num_samples} samples to {path}")

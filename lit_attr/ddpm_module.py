@@ -10,17 +10,20 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import lightning as L
 import torch
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
 from torch import Tensor
 
 from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
 from lit_attr.diffusion.sampling import SamplingResult, sample
 from lit_attr.diffusion.schedule import DiffusionSchedule
-from lit_attr.diffusion.unet import UNetConfig, build_unet
+from lit_attr.diffusion.unet import UNetConfig, build_unet, plain_config
+from lit_attr.latent import autoencoder
+from lit_attr.latent.cache import LatentDataset, load_or_encode_latents
 
 
 @dataclass
@@ -103,6 +106,9 @@ class DDPMModule(L.LightningModule):
         loss_buckets: number of timestep buckets for the logged per-bucket loss (0: not logged).
         diffusers_unet_config: the complete diffusers ``UNet2DModel`` config of an imported pipeline (set by
             ``lit_attr.pipeline_io.import_pipeline``); replaces ``unet`` so that every setting is kept.
+        vae: a local diffusers ``AutoencoderKL`` folder: the DDPM is trained on its latents (frozen VAE;
+            ``lit_attr.latent``). ``image_shape`` stays the data's; the U-Net gets the latent shape.
+        vae_config: the VAE's config (set automatically, so that a checkpoint rebuilds the VAE without the folder).
     """
 
     def __init__(
@@ -114,6 +120,8 @@ class DDPMModule(L.LightningModule):
         ema_decay: float = 0.999,
         loss_buckets: int = 10,
         diffusers_unet_config: dict[str, Any] | None = None,
+        vae: str | None = None,
+        vae_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         unet, diffusion = as_config(unet, UNetConfig), as_config(diffusion, DiffusionConfig)
@@ -122,11 +130,16 @@ class DDPMModule(L.LightningModule):
             raise ValueError(f"--model.loss_buckets must be >= 0 (0 disables the per-timestep loss), got {loss_buckets}.")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
+        self.vae: AutoencoderKL | None = None
+        if vae_config is not None or vae is not None:
+            self.vae = autoencoder.freeze(AutoencoderKL.from_config(vae_config)) if vae_config else autoencoder.load_vae(vae)
+            vae_config = plain_config(self.vae.config)
         # Plain dicts, so that checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({"image_shape": list(image_shape), "unet": asdict(unet), "diffusion": asdict(diffusion),
                                    "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets,
-                                   "diffusers_unet_config": diffusers_unet_config})
+                                   "diffusers_unet_config": diffusers_unet_config, "vae": vae, "vae_config": vae_config})
         self.image_shape = tuple(image_shape)
+        self.model_shape = self.image_shape if self.vae is None else autoencoder.latent_shape(self.vae, self.image_shape)
         self.optimizer_config = optimizer
         self.ema_decay = ema_decay
         self.loss_buckets = loss_buckets
@@ -134,7 +147,7 @@ class DDPMModule(L.LightningModule):
         if diffusers_unet_config is not None:
             self.unet = UNet2DModel.from_config(diffusers_unet_config)
         else:
-            self.unet = build_unet(unet, self.image_shape)
+            self.unet = build_unet(unet, self.model_shape)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.schedule = diffusion.build()
 
@@ -147,7 +160,31 @@ class DDPMModule(L.LightningModule):
     @property
     def is_latent(self) -> bool:
         """Whether the U-Net works on the latents of a VAE (``lit_attr.latent``) rather than on pixels."""
-        return getattr(self, "vae", None) is not None
+        return self.vae is not None
+
+    def adopt_vae(self, vae: AutoencoderKL) -> None:
+        """Use ``vae`` itself (e.g. as loaded by diffusers) as the frozen autoencoder."""
+        self.vae = autoencoder.freeze(vae)
+
+    def encode_pixels(self, images: Tensor) -> Tensor:
+        """The model-space inputs of images (N, C, H, W) in [-1, 1]: scaled posterior-mean latents, or the images."""
+        return autoencoder.encode_mean(self.vae, images) if self.is_latent else images
+
+    def to_pixels(self, samples: Tensor) -> Tensor:
+        """Images in [-1, 1] of model-space samples: decoded latents, or the samples themselves."""
+        return autoencoder.decode(self.vae, samples) if self.is_latent else samples
+
+    def setup(self, stage: str) -> None:
+        """Latent model: encode the training set once (cached under ``default_root_dir``) and train on those latents;
+        with random flips the latents change per draw, so each batch is encoded instead."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage != "fit" or not self.is_latent or not hasattr(datamodule, "use_dataset"):
+            return
+        if datamodule.config.random_flip or isinstance(datamodule.dataset, LatentDataset):
+            return
+        path = Path(self.trainer.default_root_dir) / "latents" / "train_latents.pt"
+        datamodule.use_dataset(LatentDataset(datamodule.dataset,
+                                             load_or_encode_latents(self.vae, datamodule.dataset, path)))
 
     @property
     def num_classes(self) -> int | None:
@@ -163,7 +200,7 @@ class DDPMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """One DDPM step: uniform t, Gaussian noise, pixel-mean epsilon MSE (eq. 2, 3)."""
-        x0 = batch["image"]
+        x0 = batch["image"] if "pixels" in batch else self.encode_pixels(batch["image"])
         t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise, batch.get("label"))
@@ -207,14 +244,15 @@ class DDPMModule(L.LightningModule):
     ) -> SamplingResult:
         """Sample from the attribution weights (EMA); see ``lit_attr.diffusion.sampling.sample``.
 
+        ``images`` are in model space (latents of a latent model: ``to_pixels`` decodes them).
         A class-conditional model samples ``labels`` (num_samples,), by default the classes in turn.
         """
         if self.num_classes is not None and labels is None:
             labels = torch.arange(num_samples) % self.num_classes
         was_training = self.attribution_unet.training
         self.attribution_unet.eval()
-        result = sample(unet_eps_model(self.attribution_unet), self.schedule, num_samples, self.image_shape,
+        result = sample(unet_eps_model(self.attribution_unet), self.schedule, num_samples, self.model_shape,
                         seed=seed, num_steps=num_steps, record_trajectory=record_trajectory, device=self.device,
-                        labels=labels)
+                        labels=labels, clamp=not self.is_latent)
         self.attribution_unet.train(was_training)
         return result

@@ -2,7 +2,8 @@
 
 Export writes ``unet/`` (the attribution weights: EMA) and ``scheduler/`` (a ``DDPMScheduler``
 with this model's betas, prediction type, variance type and ``clip_sample``, so diffusers samples
-like lit-attr). Import uses the diffusers ``UNet2DModel`` object as saved (every config field
+like lit-attr): a ``DDPMPipeline``, or for a latent DDPM an ``LDMPipeline`` whose ``vqvae/`` is the
+``AutoencoderKL`` (diffusers' unconditional latent pipeline decodes ``latents / scaling_factor``). Import uses the diffusers ``UNet2DModel`` object as saved (every config field
 kept, no rebuild) and reads the scheduler's settings (``lit_attr.scheduler_io``); it refuses a
 folder whose weights do not all load, a model lit-attr cannot differentiate faithfully, or one
 whose output after loading differs from the saved model's on a fixed input.
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler, LDMPipeline, UNet2DModel
 
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.loss import unet_eps_model
+from lit_attr.diffusion.unet import plain_config
 from lit_attr.errors import ConfigError
+from lit_attr.latent import autoencoder
 from lit_attr.scheduler_io import diffusion_config_from_scheduler, scheduler_kwargs
 from lit_attr.seeding import generator_for
 
@@ -30,17 +33,32 @@ CHECK_TOLERANCE = 1e-5
 """Largest accepted ``max |difference| / (1 + max |saved output|)`` of that comparison."""
 
 
+VAE_FOLDERS = ("vqvae", "vae")
+"""Sub-folders of a pipeline that may hold its autoencoder (``LDMPipeline`` writes ``vqvae/``)."""
+
+
 def export_pipeline(module: DDPMModule, path: str | Path) -> Path:
-    """Write ``path/{unet,scheduler}`` as a diffusers ``DDPMPipeline``; the scheduler has the module's settings."""
+    """Write ``path/{unet,scheduler}`` as a diffusers ``DDPMPipeline`` (latent model: ``LDMPipeline`` with ``vqvae/``);
+    the scheduler has the module's settings."""
     scheduler = DDPMScheduler(**scheduler_kwargs(module.diffusion_config))
-    pipeline = DDPMPipeline(unet=module.attribution_unet, scheduler=scheduler)
+    if module.is_latent:
+        pipeline = LDMPipeline(vqvae=module.vae, unet=module.attribution_unet, scheduler=scheduler)
+    else:
+        pipeline = DDPMPipeline(unet=module.attribution_unet, scheduler=scheduler)
     pipeline.save_pretrained(str(path))
     return Path(path)
 
 
-def plain_config(config: Any) -> dict[str, Any]:
-    """A diffusers config as a plain JSON-able dict without the private ``_`` keys (hyperparameters stay plain)."""
-    return {k: v for k, v in json.loads(json.dumps(dict(config))).items() if not k.startswith("_")}
+def load_pipeline_vae(path: Path) -> AutoencoderKL | None:
+    """The pipeline's ``AutoencoderKL`` (``vqvae/`` or ``vae/``), or None for a pixel-space pipeline."""
+    for name in VAE_FOLDERS:
+        folder = path / name
+        if (folder / "config.json").is_file():
+            kind = json.loads((folder / "config.json").read_text()).get("_class_name")
+            if kind != "AutoencoderKL":
+                raise ConfigError(f"{folder}: the autoencoder is a {kind}; lit-attr supports diffusers AutoencoderKL VAEs.")
+            return autoencoder.load_vae(folder)
+    return None
 
 
 def load_diffusers_unet(folder: Path) -> UNet2DModel:
@@ -120,13 +138,25 @@ def import_pipeline(path: str | Path) -> DDPMModule:
     path = Path(path)
     unet = load_diffusers_unet(path / "unet")
     diffusion = diffusion_config_from_scheduler(read_scheduler_config(path / "scheduler"), path / "scheduler")
+    vae = load_pipeline_vae(path)
     inputs = fixed_check_input(unet, diffusion.num_timesteps)
     reference = saved_output(unet, inputs)
-    module = DDPMModule(image_shape=unet_sample_shape(unet.config), diffusion=diffusion, ema_decay=0.0,
-                        diffusers_unet_config=plain_config(unet.config))
+    channels, height, width = unet_sample_shape(unet.config)
+    image_shape = (channels, height, width)
+    if vae is not None:
+        factor = autoencoder.downsample_factor(vae)
+        image_shape = (vae.config.in_channels, height * factor, width * factor)
+        decoded = autoencoder.decode(vae, inputs[0])
+    module = DDPMModule(image_shape=image_shape, diffusion=diffusion, ema_decay=0.0,
+                        diffusers_unet_config=plain_config(unet.config),
+                        vae_config=None if vae is None else plain_config(vae.config))
     module.adopt_unet(unet)
+    if vae is not None:
+        module.adopt_vae(vae)
     module.eval()
     check_same_output(module, inputs, reference, path)
+    if vae is not None and not torch.equal(module.to_pixels(inputs[0]), decoded):
+        raise ConfigError(f"{path}: the VAE decodes differently after loading; refusing a different model.")
     return module
 
 

@@ -4,8 +4,7 @@
 import pytest
 import torch
 
-from lit_attr.cli import LitAttrCLI
-from lit_attr.data.datamodules import DiffusionDataModule
+from lit_attr.cli import train_cli
 from lit_attr.ddpm_module import DDPMModule, OptimizerConfig, warmup_cosine
 from lit_attr.diffusion.unet import UNetConfig, tiny_unet_config
 from lit_attr.pipeline_io import export_pipeline, import_pipeline, load_ddpm_module
@@ -86,7 +85,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_train_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        LitAttrCLI(DDPMModule, DiffusionDataModule, args=["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+        train_cli(args=["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "block_out_channels" in capsys.readouterr().out
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from lit_attr.attribution.gradients import flatten_gradients, per_example_gradients, per_example_loss_gradients
 from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, score_against
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import FACTORS_FILE, QUERIES_FILE
+from lit_attr.constants import FACTORS_FILE, LATENTS_FILE, QUERIES_FILE
 from lit_attr.curvature.eigen import KFACEigen, precondition
 from lit_attr.curvature.layers import select_kfac_modules
 from lit_attr.ddpm_module import as_config
@@ -37,6 +37,7 @@ from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
+from lit_attr.latent.cache import LatentDataset, load_or_encode_latents
 from lit_attr.measurements import Measurement, MeasurementSpec, measurement_rows
 from lit_attr.pipeline_io import load_ddpm_module
 from lit_attr.storage import ScoreStore
@@ -156,7 +157,11 @@ class InfluenceModule(L.LightningModule):
                               f"has {tuple(datamodule.image_shape)}: pass the training data's --data.* arguments.")
         dataset = datamodule.dataset
         self._model_hash = model_hash(self.ddpm.attribution_unet)
+        if self.ddpm.is_latent:  # the scores also depend on the VAE that made the latents
+            self._model_hash += "+vae:" + model_hash(self.ddpm.vae)
         self._data_fingerprint = dataset_fingerprint(dataset)
+        if self.ddpm.is_latent:
+            dataset = self._use_cached_latents(datamodule)
         self.queries = self._load_or_build_queries(dataset)
         self.row_of = {int(index): row for row, index in enumerate(dataset.indices)}
         self.store = ScoreStore(self.output_dir, len(dataset), self.num_score_columns(), self.run_metadata(),
@@ -172,6 +177,16 @@ class InfluenceModule(L.LightningModule):
         self.needs_curvature = len(done_rows) < len(dataset)
         if not self.needs_curvature:
             log.info("All %d rows of %s are already scored.", len(dataset), self.output_dir)
+
+    def _use_cached_latents(self, datamodule: Any) -> LatentDataset:
+        """Latent model: the training latents, encoded once (``output_dir/latents.pt``, reused while the VAE and data
+        match); the data module then serves them, so the curvature, gradients and figures see latents + pixels."""
+        if isinstance(datamodule.dataset, LatentDataset):
+            return datamodule.dataset
+        path = self.output_dir / LATENTS_FILE if self.trainer.is_global_zero else None
+        latents = load_or_encode_latents(self.ddpm.vae, datamodule.dataset, path)
+        datamodule.use_dataset(LatentDataset(datamodule.dataset, latents))
+        return datamodule.dataset
 
     def num_score_columns(self) -> int:
         """Columns of the score matrix: one per query."""

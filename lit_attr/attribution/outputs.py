@@ -14,6 +14,11 @@ from lit_attr.storage import load_scores, read_json
 from lit_attr.visualize import save_grid
 
 
+def display_image(item: dict[str, Any]) -> torch.Tensor:
+    """The picture of a training item: its pixels (latent datasets keep them under ``"pixels"``) or its image."""
+    return item["pixels"] if "pixels" in item else item["image"]
+
+
 def write_attribution_outputs(output_dir: Path, dataset: Any, queries: torch.Tensor, top_k: int,
                               logger: Any = None) -> dict[str, Path]:
     """Write report.json, report.md, influence.png and queries.png for a finalized run.
@@ -21,7 +26,7 @@ def write_attribution_outputs(output_dir: Path, dataset: Any, queries: torch.Ten
     Args:
         output_dir: the run folder (must hold finalized scores).
         dataset: the training dataset the rows refer to (row r is ``dataset[r]``).
-        queries: query images (Q, C, H, W) in [-1, 1].
+        queries: query images (Q, C, H, W) in [-1, 1] (decoded, for a latent model).
         top_k: examples per kind.
         logger: optional TensorBoard logger for the figure.
 
@@ -35,7 +40,7 @@ def write_attribution_outputs(output_dir: Path, dataset: Any, queries: torch.Ten
     report = build_report(scores, train_indices, top_k, info)
     write_report(output_dir, report, REPORT_JSON, REPORT_MD)
     tops = top_influences(scores, top_k)
-    images = {kind: torch.stack([torch.stack([dataset[int(r)]["image"] for r in rows]) for rows in positions])
+    images = {kind: torch.stack([torch.stack([display_image(dataset[int(r)]) for r in rows]) for rows in positions])
               for kind, positions in tops.items()}
     figure = influence_figure(queries, images)
     figure.save(output_dir / FIGURE_FILE)

@@ -113,6 +113,12 @@ class _IndexedDataModule(LightningDataModule):
         if self._dataset is None:
             self._dataset = self.config.build()
 
+    def use_dataset(self, dataset: IndexedDataset) -> None:
+        """Serve ``dataset`` (the same examples in another form, e.g. cached latents) instead of the built one."""
+        if list(dataset.indices) != list(self.dataset.indices):
+            raise DataError("use_dataset needs the same examples (stable indices, in order) as the built dataset.")
+        self._dataset = dataset
+
     def _loader(self, **kwargs: object) -> DataLoader:
         return DataLoader(
             self.dataset,

@@ -6,7 +6,9 @@ shape (channels, size) comes from the data module, so it is not part of the conf
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from diffusers import UNet2DModel
 
@@ -64,3 +66,8 @@ def build_unet(config: UNetConfig, image_shape: tuple[int, int, int]) -> UNet2DM
 def tiny_unet_config() -> UNetConfig:
     """A very small U-Net with one attention level, for tests (about 60k parameters)."""
     return UNetConfig(block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8)
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """A diffusers config as a plain JSON-able dict without the private ``_`` keys (hyperparameters stay plain)."""
+    return {k: v for k, v in json.loads(json.dumps(dict(config))).items() if not k.startswith("_")}
