@@ -132,14 +132,15 @@ class DDPMModule(L.LightningModule):
             raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
         self.vae: AutoencoderKL | None = None
         if vae_config is not None or vae is not None:
-            self.vae = autoencoder.freeze(AutoencoderKL.from_config(vae_config)) if vae_config else autoencoder.load_vae(vae)
+            self.vae = (autoencoder.freeze(AutoencoderKL.from_config(vae_config)) if vae_config
+                        else autoencoder.load_vae(vae))
             vae_config = plain_config(self.vae.config)
         # Plain dicts, so that checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({"image_shape": list(image_shape), "unet": asdict(unet), "diffusion": asdict(diffusion),
                                    "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets,
                                    "diffusers_unet_config": diffusers_unet_config, "vae": vae, "vae_config": vae_config})
         self.image_shape = tuple(image_shape)
-        self.model_shape = self.image_shape if self.vae is None else autoencoder.latent_shape(self.vae, self.image_shape)
+        self.model_shape = self.image_shape if self.vae is None else autoencoder.latent_shape(self.vae, image_shape)
         self.optimizer_config = optimizer
         self.ema_decay = ema_decay
         self.loss_buckets = loss_buckets

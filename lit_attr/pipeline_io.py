@@ -3,8 +3,9 @@
 Export writes ``unet/`` (the attribution weights: EMA) and ``scheduler/`` (a ``DDPMScheduler``
 with this model's betas, prediction type, variance type and ``clip_sample``, so diffusers samples
 like lit-attr): a ``DDPMPipeline``, or for a latent DDPM an ``LDMPipeline`` whose ``vqvae/`` is the
-``AutoencoderKL`` (diffusers' unconditional latent pipeline decodes ``latents / scaling_factor``). Import uses the diffusers ``UNet2DModel`` object as saved (every config field
-kept, no rebuild) and reads the scheduler's settings (``lit_attr.scheduler_io``); it refuses a
+``AutoencoderKL`` (diffusers' unconditional latent pipeline decodes ``latents / scaling_factor``).
+Import uses the diffusers ``UNet2DModel`` object as saved (every config field kept, no rebuild),
+and the VAE likewise, and reads the scheduler's settings (``lit_attr.scheduler_io``); it refuses a
 folder whose weights do not all load, a model lit-attr cannot differentiate faithfully, or one
 whose output after loading differs from the saved model's on a fixed input.
 ``load_ddpm_module`` accepts such a folder or a Lightning checkpoint, so every tool takes both.

@@ -202,7 +202,7 @@ def test_ddp_two_processes_match_one(tiny_run, reference_scores, tmp_path):
     assert_same_scores(load_scores(tmp_path / "ddp"), scores)
 
 
-@pytest.mark.parametrize("config", ["attribute/digits.yaml", "tiny/attribute.yaml"])
+@pytest.mark.parametrize("config", ["attribute/digits.yaml", "attribute/latent_digits.yaml", "tiny/attribute.yaml"])
 def test_attribute_configs_parse(config, capsys):
     from lit_attr.cli import AttributeCLI
     from tests.helpers import ROOT

@@ -49,7 +49,8 @@ class QueryConfig:
         if self.num_generated < 1:
             raise ConfigError(f"--model.queries.num_generated must be >= 1, got {self.num_generated}.")
         if self.labels is not None and self.train_indices is not None:
-            raise ConfigError("--model.queries.train_indices use the training images' own labels; drop --model.queries.labels.")
+            raise ConfigError("--model.queries.train_indices use the training images' own labels; "
+                              "drop --model.queries.labels.")
 
     def metadata(self) -> dict[str, Any]:
         """The settings stored with the scores (the newer options only when set, so older runs still resume)."""

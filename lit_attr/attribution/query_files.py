@@ -38,7 +38,8 @@ def _read(path: Path) -> dict[str, Tensor]:
     if isinstance(content, dict) and "images" in content:
         return content
     keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-    raise DataError(f"--model.queries.file {path}: expected one tensor or a dict with 'images' (and 'labels'), got {keys}.")
+    raise DataError(f"--model.queries.file {path}: expected one tensor or a dict with 'images' (and 'labels'), "
+                    f"got {keys}.")
 
 
 def check_query_images(images: Tensor, image_shape: tuple[int, int, int], where: str) -> Tensor:

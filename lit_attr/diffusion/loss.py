@@ -4,8 +4,9 @@ Convention used everywhere in lit-attr: one draw's loss is the *pixel mean* of t
 ``l(theta, x, t, eps) = ||eps - eps_theta(x_t, t)||^2 / D`` with ``D = C H W``, and an example's
 loss is the mean over its S draws. A model with another ``prediction_type`` is trained on, and
 measured with, the same error of its own target (``DiffusionSchedule.training_target``: v or x0)
-instead of eps. Class-conditional models get each example's label with all of its rows. The training loss (eq. 3) is the mean over examples, and the
-damping of the influence functions is in the units of the GGN of that mean loss (App. G.4).
+instead of eps. Class-conditional models get each example's label with all of its rows. The
+training loss (eq. 3) is the mean over examples, and the damping of the influence functions is in
+the units of the GGN of that mean loss (App. G.4).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class UNetConfig:
     dropout: float = 0.0
     """Dropout inside ResNet blocks (Ho et al. use 0.1 on CIFAR-10)."""
     num_class_embeds: int | None = None
-    """Number of classes of a class-conditional U-Net (the data's ``label`` is part of each example); None: unconditional."""
+    """Classes of a class-conditional U-Net (the data's ``label`` is part of each example); None: unconditional."""
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(self.block_out_channels)
@@ -45,7 +45,8 @@ class UNetConfig:
                 f"{len(self.down_block_types)} and up_block_types {len(self.up_block_types)}; give one block per level."
             )
         if self.num_class_embeds is not None and self.num_class_embeds < 1:
-            raise ValueError(f"--model.unet.num_class_embeds must be >= 1 (or null: unconditional), got {self.num_class_embeds}.")
+            raise ValueError(f"--model.unet.num_class_embeds must be >= 1 (or null: unconditional), "
+                             f"got {self.num_class_embeds}.")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(
