@@ -253,3 +253,16 @@ def test_training_data_of_another_shape_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"\(3, 16, 16\).*\(1, 8, 8\).*--data"):
         trainer.predict(module, datamodule=AttributionDataModule(dataset="digits"))
     assert not (tmp_path / "attr" / "scores.npy").exists()
+
+
+def test_a_ddim_scheduler_config_gives_the_same_forward_process(tmp_path):
+    """LDM-style folders ship a DDIMScheduler: its betas, T and clipping are read like a DDPMScheduler's."""
+    from diffusers import DDIMScheduler
+
+    settings = dict(num_train_timesteps=40, beta_schedule="scaled_linear", beta_start=8.5e-4, beta_end=0.012)
+    folder = tmp_path / "pipe"
+    DDPMPipeline(unet=seeded_unet(**TINY), scheduler=DDIMScheduler(**settings)).save_pretrained(str(folder))
+    module = import_pipeline(folder)
+    reference = DDIMScheduler(**settings)
+    torch.testing.assert_close(module.schedule.betas_f64, reference.betas.double(), rtol=1e-6, atol=0)
+    assert module.schedule.clip_sample is True and module.schedule.variance_type == "fixed_small"
