@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lit_attr.data.datasets import DatasetConfig, IndexedDataset
 from lit_attr.errors import ConfigError, DataError
 
-DatasetName = Literal["digits", "cifar10", "cifar2", "folder"]
+DatasetName = Literal["digits", "patches", "cifar10", "cifar2", "folder"]
 
 
 def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:

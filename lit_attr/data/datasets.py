@@ -8,6 +8,7 @@ shuffling, batch size or device count. CIFAR items also carry ``"label": int`` (
 Datasets (``DATASET_NAMES``):
 
 - ``digits``: scikit-learn's 1797 grey 8x8 digits (values 0..16), shipped with scikit-learn.
+- ``patches``: 2080 colour 8x8 tiles of scikit-learn's two sample photographs (``lit_attr.data.patches``).
 - ``cifar10``: the CIFAR-10 python batches in a local folder; never downloaded.
 - ``cifar2``: CIFAR-2 of Mlodozeniec et al., "Influence Functions for Scalable Data Attribution
   in Diffusion Models", App. G.1 (after Zheng et al., 2024): ``num_per_class`` automobiles
@@ -33,7 +34,9 @@ from torch.utils.data import Dataset
 
 from lit_attr.errors import ConfigError, DataError
 
-DATASET_NAMES = ("digits", "cifar10", "cifar2", "folder")
+DATASET_NAMES = ("digits", "patches", "cifar10", "cifar2", "folder")
+BUNDLED_DATASETS = ("digits", "patches")
+"""Datasets that ship with an installed package (no ``--data.data_dir``)."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -42,7 +45,7 @@ CIFAR_META_FILE = "batches.meta"
 CIFAR_FILES = (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE)
 CIFAR2_LABELS = (1, 7)
 """CIFAR-10 labels of the two CIFAR-2 classes: automobile and horse."""
-NATIVE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar2": (3, 32, 32)}
+NATIVE_SHAPES = {"digits": (1, 8, 8), "patches": (3, 8, 8), "cifar10": (3, 32, 32), "cifar2": (3, 32, 32)}
 
 
 class IndexedDataset(Dataset):
@@ -442,7 +445,7 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         image_shape_for(self.name, self.image_size, self.channels)
-        if self.name != "digits" and not self.data_dir:
+        if self.name not in BUNDLED_DATASETS and not self.data_dir:
             what = "image folder" if self.name == "folder" else "cifar-10-batches-py folder or its parent"
             raise ConfigError(f"dataset={self.name!r} needs --data.data_dir (the {what}); none was given.")
         if self.name == "cifar2" and not self.train:
@@ -462,6 +465,10 @@ class DatasetConfig:
         """The full dataset, before ``subset_file`` is applied."""
         if self.name == "digits":
             return load_digits_dataset(self.random_flip)
+        if self.name == "patches":
+            from lit_attr.data.patches import load_patches_dataset  # patches imports this module
+
+            return load_patches_dataset(self.random_flip)
         if self.name == "cifar10":
             return load_cifar10_dataset(self.data_dir, self.train, self.random_flip)
         if self.name == "cifar2":
