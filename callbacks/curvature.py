@@ -59,7 +59,7 @@ class KFACCallback(L.Callback):
             expectation over the data and timesteps, and S draws shared by every example would fit the
             GGN on only S timesteps and noises.
         factors_path: where to save/load the factors (None: ``<output_dir>/factors/kfac.safetensors``
-            for attribution, ``<log_dir>/factors/kfac.safetensors`` after fit).
+            for attribution, ``<default_root_dir>/factors/kfac.safetensors`` after fit).
         fit_after_training: run the pass at the end of ``fit``.
         progressbar: show progress of the pass on rank 0.
     """
@@ -94,7 +94,7 @@ class KFACCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fit_after_training:
             return
-        path = Path(self.factors_path or Path(trainer.log_dir or trainer.default_root_dir) / "factors" / "kfac.safetensors")
+        path = Path(self.factors_path or Path(trainer.default_root_dir) / "factors" / "kfac.safetensors")
         unet = pl_module.attribution_unet
         metadata = self.settings(seed=self.resolved_seed(pl_module), scheme=self.resolved_scheme(pl_module))
         metadata.update(model_hash=model_hash(unet), data=dataset_fingerprint(trainer.train_dataloader.dataset))

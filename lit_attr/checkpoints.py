@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict[str, An
         raise CheckpointError(f"{flag} {path} is a folder; {TRAINED_CHECKPOINT_HINT}.")
     if not path.is_file():
         raise CheckpointError(f"{flag} {path} does not exist; {TRAINED_CHECKPOINT_HINT}.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{flag} {path} is not a PyTorch checkpoint (not a torch.save archive); "
+                              f"{TRAINED_CHECKPOINT_HINT}.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same explanation
@@ -127,3 +131,25 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def _to_lists(value: Any) -> Any:
     return [_to_lists(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, map_location: str | torch.device = "cpu"):
+    """The ``DDPMModule`` (eval mode) of a checkpoint read by ``read_checkpoint``.
+
+    Raises:
+        CheckpointError: the stored hyperparameters are refused by today's checks (e.g. beta_end >= 1).
+    """
+    import inspect
+
+    from lit_attr.ddpm_module import DDPMModule
+    from lit_attr.errors import ConfigError
+
+    accepted = inspect.signature(DDPMModule.__init__).parameters
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
+    try:
+        module = DDPMModule(**hparams)
+    except ConfigError as error:
+        raise CheckpointError(f"{path} was trained with settings that are now refused ({error}); retrain the "
+                              "model with valid settings.") from None
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(map_location).eval()

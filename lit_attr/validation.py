@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -85,3 +86,19 @@ def check_finite_weights(module: torch.nn.Module, where: str) -> None:
     check_finite(state, f"the weights of {where}",
                  "the training diverged: retrain with a smaller --model.optimizer.lr (and keep "
                  "--trainer.gradient_clip_val 1.0), or check --model.diffusion.* and the data.")
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """Refuse an output folder that is a file or lies under a file (before any work is done).
+
+    Raises:
+        ConfigError: naming ``flag``, the file in the way, and the fix.
+    """
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is under {part}, which is a file"
+                raise ConfigError(f"{flag} {path} {where}, not a folder; choose another path or move the file away.")
+            break
+    return path
