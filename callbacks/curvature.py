@@ -149,7 +149,7 @@ class KFACCallback(L.Callback):
         try:
             eigen = eigendecompose_factors(factors)
         except NumericalError as error:
-            raise NumericalError(f"K-FAC factors {path}: {error} Fix: {REFIT_FIX}") from None
+            raise NumericalError(f"K-FAC factors {path}: {error}; {REFIT_FIX}") from None
         corrected_path = _corrected_path(path)
         if self.eigenvalue_correction:
             if not corrected_path.exists():

@@ -3,7 +3,8 @@
 Every failure prints ONE line, ``error: <what went wrong>; <the fix>``, to stderr and exits non-zero:
 
 - lit-attr's own errors (``lit_attr.errors.LitAttrError``, found anywhere in the exception chain,
-  e.g. raised inside a config dataclass while jsonargparse parses it): their message, exit 2;
+  e.g. raised inside a config dataclass while jsonargparse parses it) and Lightning's
+  ``MisconfigurationException``: their message, exit 2;
 - argument errors of the parsers (unknown flag, wrong type, bad choice): the parser's message
   without the usage dump, exit 2;
 - library errors the tools can foresee (allocator failures, failed eigendecompositions, file
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 
 import torch
 from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lit_attr.errors import LitAttrError
@@ -78,6 +81,9 @@ def explain(error: BaseException) -> tuple[int, str]:
     ours = find_in_chain(error, LitAttrError)
     if ours is not None:
         return EXIT_BAD_INPUT, one_line(str(ours))
+    lightning_config = find_in_chain(error, MisconfigurationException)
+    if lightning_config is not None:
+        return EXIT_BAD_INPUT, one_line(f"invalid trainer settings: {lightning_config}")
     for kind, translate in _TRANSLATIONS:
         found = find_in_chain(error, kind)
         if found is not None:
@@ -161,8 +167,25 @@ class OneLineErrors:
         ours = find_in_chain(ex, LitAttrError)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = str(getattr(parser, "prog", "")).replace(" [options]", "")
-        sys.stderr.write(f"error: {one_line(str(ours) if ours else message)} (all options: {prog} --help)\n")
+        text = str(ours) if ours else simplify_union_error(one_line(message))
+        sys.stderr.write(f"error: {one_line(text)} (all options: {prog} --help)\n")
         sys.exit(EXIT_BAD_INPUT)
+
+
+def simplify_union_error(message: str) -> str:
+    """jsonargparse's "Does not validate against any of the Union subtypes ..." reduced to the inner reason.
+
+    ``Parser key "model.measurement": Does not validate ... Parser key "measurement": Expected a ... Got value:
+    elbow - Expected a NoneType ...`` becomes ``Parser key "model.measurement.measurement": Expected a ...
+    Got value: elbow``.
+    """
+    found = re.match(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes.*?'
+                     r'Parser key "([^"]+)": (Expected .*?Got value: \S+)', message)
+    if not found:
+        return message
+    outer, inner, reason = found.groups()
+    return f'Parser key "{outer}.{inner}": {reason}'
+
 
 
 class OneLineArgumentParser(OneLineErrors, ArgumentParser):

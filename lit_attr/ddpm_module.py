@@ -160,17 +160,20 @@ class DDPMModule(L.LightningModule):
             self.log(name, losses[mask].mean(), on_step=False, on_epoch=True, batch_size=int(mask.sum()))
 
     def _raise_non_finite_loss(self, loss: Tensor, x0: Tensor) -> None:
-        """Stop training at a NaN/Inf loss, naming the first non-finite layer and the likely cause."""
-        layer = first_non_finite(dict(self.unet.named_parameters()))
+        """Stop training at a NaN/Inf loss, naming the first non-finite layer (or the largest weight) and the cause."""
+        weights = dict(self.unet.named_parameters())
+        layer = first_non_finite(weights)
+        lower_lr = "lower --model.optimizer.lr and keep --trainer.gradient_clip_val (e.g. 1.0)"
         if layer is not None:
-            where, cause = f"weights of {layer}", ("the training diverged: lower --model.optimizer.lr, keep "
-                                                   "--trainer.gradient_clip_val (e.g. 1.0)")
+            found = f"the weights of {layer} are not finite; the training diverged: {lower_lr}"
         elif not bool(torch.isfinite(x0).all()):
-            where, cause = "input images", "the data holds NaN/Inf pixels: check the dataset files"
+            found = "the input images hold NaN/Inf pixels; check the dataset files"
         else:
-            where, cause = "the forward pass", "check --model.diffusion.* and the U-Net settings"
-        raise NumericalError(f"training step {self.global_step}: the loss is {loss.item()} (first non-finite: {where}); "
-                             f"{cause}. No checkpoint was written for this step.")
+            largest = max(weights, key=lambda name: weights[name].detach().abs().max().item())
+            found = (f"the model's output overflowed (largest weight {weights[largest].abs().max().item():.3g} in "
+                     f"{largest}); {lower_lr}, or check --model.diffusion.*")
+        raise NumericalError(f"training step {self.global_step}: the loss is {loss.item()}: {found}. No checkpoint "
+                             "was written for this step.")
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the EMA update, so that checkpoints saved after a step include both."""

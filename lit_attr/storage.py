@@ -71,13 +71,13 @@ def read_metadata(output_dir: str | Path) -> dict[str, Any]:
     """``metadata.json`` of a run folder.
 
     Raises:
-        DamagedOutputError: it is not valid JSON (e.g. truncated).
+        DamagedOutputError: it is not valid JSON (e.g. truncated); the folder is marked damaged first.
     """
     path = Path(output_dir) / METADATA_FILE
     try:
         return read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DamagedOutputError(f"{path} is not valid JSON ({error}); {OVERWRITE_FIX}.") from None
+        raise mark_damaged(Path(output_dir), [METADATA_FILE], f"not valid JSON: {error}") from None
 
 
 def record_checksums(output_dir: str | Path, names: list[str]) -> None:
@@ -101,7 +101,8 @@ def verify_checksums(output_dir: str | Path, names: list[str] | None = None) -> 
     damaged = [name for name in (recorded if names is None else names) if name in recorded
                and (not (output_dir / name).is_file() or file_checksum(output_dir / name) != recorded[name])]
     if damaged:
-        raise mark_damaged(output_dir, damaged, "missing or changed since it was written (checksum in metadata.json)")
+        raise mark_damaged(output_dir, damaged, "missing, or changed since it was written: its checksum in "
+                                               "metadata.json does not match")
 
 
 def mark_damaged(output_dir: Path, names: list[str], why: str) -> DamagedOutputError:
@@ -177,7 +178,7 @@ class ScoreStore:
             listed = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in differences.items())
             raise StoreMismatchError(
                 f"{self.output_dir} holds scores computed with other settings ({listed}). "
-                "Use a new --output_dir, or pass --overwrite true to discard them."
+                "Use a new --model.output_dir, or pass --model.overwrite true to discard them."
             )
         self._check_files(stored)
         return True

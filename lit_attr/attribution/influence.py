@@ -112,6 +112,7 @@ class InfluenceModule(L.LightningModule):
                             (query_batch_size, "--model.query_batch_size"),
                             (self.measurement_config.num_draws, "--model.measurement.num_draws")):
             integer(value, flag, low=1)
+        integer(seed, "--model.seed", low=0)
         damping = number(damping, "--model.damping", low=0.0)
         self.checkpoint, self.output_dir = checkpoint, check_output_folder(output_dir, "--model.output_dir")
         self.num_draws, self.seed, self.draw_scheme = num_draws, seed, DrawScheme(draw_scheme)
