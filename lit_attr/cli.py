@@ -30,11 +30,17 @@ SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 
 
 class LitAttrCLI(LightningCLI):
-    """Training CLI: links the image shape of the data module into the model once."""
+    """Training CLI (subcommand ``fit``): links the image shape of the data module into the model once."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", OneLineLightningArgumentParser)
         super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Only ``fit``: ``DDPMModule`` has no validation, test or predict step (and each subcommand's
+        parser costs a second to build)."""
+        return {"fit": LightningCLI.subcommands()["fit"]}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")

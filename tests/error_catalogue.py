@@ -329,10 +329,10 @@ CASES: list[Case] = [
     _attr("attr-trajectory-folder", "trajectory measurement on images from a folder",
           ("--model.measurement.measurement", "trajectory_logprob", "--model.queries.train_indices", "[1, 2]"),
           "needs recorded sampling trajectories"),
-    _attr("attr-memory-queries", "10,000 queries on a device with 50 MB",
+    _attr("attr-memory-queries", "10,000 queries with LIT_ATTR_MEMORY_LIMIT=50MB",
           ("--model.queries.num_generated", "10000"), "attribution needs about", "use fewer queries",
           env={"LIT_ATTR_MEMORY_LIMIT": "50MB"}, real_cli=True),
-    _attr("attr-memory-batch", "a batch too large for a device with 150 MB", ("--data.batch_size", "64"),
+    _attr("attr-memory-batch", "a batch too large for LIT_ATTR_MEMORY_LIMIT=150MB", ("--data.batch_size", "64"),
           "attribution needs about", "use --data.batch_size", env={"LIT_ATTR_MEMORY_LIMIT": "150MB"}),
     # ---- attribute.py: output folder
     _attr("attr-output-is-file", "output folder that is a file", ("--model.output_dir", "{case}/afile"),
@@ -393,7 +393,8 @@ def build_fixture(root: Path) -> Path:
     return root
 
 
-def run_in_process(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+def run_in_process(argv: list[str], env: dict[str, str] | None = None, stdout: io.StringIO | None = None
+                   ) -> tuple[int, str]:
     """``run_cli(<script>.main, args)`` as the script would run it; returns (exit status, stderr)."""
     from lit_attr.cli_errors import run_cli
 
@@ -403,7 +404,7 @@ def run_in_process(argv: list[str], env: dict[str, str] | None = None) -> tuple[
     os.environ.update(env or {})
     program, sys.argv[0] = sys.argv[0], argv[0]  # the parsers name the program in their hints
     try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout or io.StringIO()):
             try:
                 status = run_cli(script.main, argv[1:])
             except SystemExit as exit_:

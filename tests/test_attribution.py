@@ -234,3 +234,16 @@ def test_changed_query_settings_are_refused_not_silently_reused(tiny_run, refere
     with pytest.raises(StoreMismatchError, match="queries.*--model.overwrite true"):
         attribute_in_process(tiny_run, out, queries={"num_generated": 4, "num_sampling_steps": 10})
     np.testing.assert_array_equal(load_scores(out), scores)
+
+
+def test_non_finite_training_image_stops_scoring_naming_the_stage_and_layer(tiny_run, reference_scores):
+    from lit_attr.errors import NumericalError
+
+    module = attribute_in_process(tiny_run, tiny_run / "reference")  # finished run: reloads, scores nothing
+    data = AttributionDataModule(subset_file=str(tiny_run / "run" / "subset.txt"))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=4)))
+    batch["image"][1, 0, 2, 2] = float("nan")
+    with pytest.raises(NumericalError, match=r"training gradients of examples \[0, 1, 2\]\.\.\.: nan in \S+; a training "
+                                             r"image holds NaN/Inf"):
+        module.training_gradients(batch)

@@ -6,6 +6,7 @@ its status, print exactly one ``error:`` line holding the expected text and no t
 nothing complete-looking in its folder.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from lit_attr.cli_errors import DEBUG_ENV, EXIT_FAILURE, explain
 from lit_attr.errors import ConfigError
 from lit_attr.storage import load_scores
 from tests.error_catalogue import ATTR, CASES, NUM_TRAIN, TRAIN, build_fixture, error_lines, leftovers, run_in_process
-from tests.error_catalogue import zero_finished_scores
+from tests.error_catalogue import truncate_scores_of_interrupted_run, zero_finished_scores
 from tests.helpers import ROOT
 
 REAL_CLI_CASES = [case for case in CASES if case.real_cli]
@@ -96,11 +97,13 @@ def test_docs_list_every_entry_with_its_message():
 
 def test_debug_flag_and_variable_show_the_traceback(fixture, tmp_path, monkeypatch):
     argv = [arg.format(fixture=fixture, case=tmp_path) for arg in (*TRAIN, "--model.optimizer.lr", "nan")]
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setenv(DEBUG_ENV, "0")  # records the original value, restored afterwards (--debug sets it to 1)
+    assert run_in_process(argv)[0] == 2
     with pytest.raises(ConfigError, match="--model.optimizer.lr"):
         run_in_process([*argv, "--debug"])
+    with pytest.raises(ConfigError, match="--model.optimizer.lr"):
+        run_in_process(argv)  # LIT_ATTR_DEBUG=1 now, as DDP's child processes inherit it
     monkeypatch.setenv(DEBUG_ENV, "0")
-    assert run_in_process(argv)[0] == 2
 
 
 def test_library_errors_read_as_one_line_with_the_fix():
@@ -116,11 +119,12 @@ def test_library_errors_read_as_one_line_with_the_fix():
     assert "--debug" in message and status == EXIT_FAILURE
 
 
-def test_overwrite_recovers_a_damaged_store(fixture, tmp_path):
-    zero_finished_scores(fixture, tmp_path)
+@pytest.mark.parametrize("damage", [zero_finished_scores, truncate_scores_of_interrupted_run], ids=lambda f: f.__name__)
+def test_overwrite_recovers_a_damaged_store(fixture, tmp_path, damage):
+    damage(fixture, tmp_path)
     argv = [arg.format(fixture=fixture, case=tmp_path) for arg in ATTR]
     status, stderr = run_in_process(argv)
-    assert status == 2 and "is damaged" in error_lines(stderr)[0]
+    assert status == 2 and "is damaged" in error_lines(stderr)[0] and not (tmp_path / "attr" / "report.json").exists()
     assert run_in_process(argv)[0] == 2  # still refused: the store is marked damaged
     status, stderr = run_in_process([*argv, "--model.overwrite", "true"])
     assert status == 0, stderr[-3000:]
@@ -139,15 +143,22 @@ def test_same_checkpoint_under_another_path_string_resumes(fixture, tmp_path):
 
 
 def test_batches_of_one_through_the_clis(fixture, tmp_path):
-    """65 rows with --data.batch_size 64 (a last batch of ONE row: training, curvature, scoring) and ONE query."""
+    """65 rows with --data.batch_size 64 (a last batch of ONE row: training, curvature, scoring) and ONE query;
+    the memory estimate is printed before the work; training outputs follow --trainer.default_root_dir."""
     argv = [arg.format(fixture=fixture, case=tmp_path) for arg in ATTR]
+    stdout = io.StringIO()
     status, stderr = run_in_process([*argv, "--data.batch_size", "64", "--model.queries.num_generated", "1",
-                                     "--model.query_batch_size", "1"])
+                                     "--model.query_batch_size", "1"], stdout=stdout)
     assert status == 0, stderr[-3000:]
+    assert stdout.getvalue().index("Memory estimate on cpu: queries") < stdout.getvalue().index("Fitted K-FAC")
     scores = load_scores(tmp_path / "attr")
     assert scores.shape == (NUM_TRAIN, 1) and np.isfinite(scores).all()
-    train = [arg.format(fixture=fixture, case=tmp_path) for arg in TRAIN]
+    train = [arg.format(fixture=fixture, case=tmp_path) for arg in TRAIN]  # the config's own root is <fixture>/run
     status, stderr = run_in_process([*train, "--data.subset_file", str(fixture / "subset.txt"), "--data.batch_size",
                                      "64", "--trainer.max_steps", "2"])
     assert status == 0, stderr[-3000:]
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    run = tmp_path / "run"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert (run / "samples.png").is_file() and (run / "pipeline" / "unet" / "config.json").is_file()
+    assert list((run / "lightning_logs").rglob("events.out.tfevents*"))
+    assert not (fixture / "run" / "samples.png").exists() and not (fixture / "run" / "pipeline").exists()

@@ -14,8 +14,9 @@ flattened, preconditioned or scored; autograd keeps about two copies of the acti
     scoring batch B D 4 * 3 + B S a * 2
     curvature     B S_c a * 2                  (S_c curvature draws)
 
-The estimate is approximate (within about 2x of the measured peak on the digits model); the run is
-refused only when it exceeds the device's free memory, with a ``--data.batch_size`` that fits.
+The estimate is approximate: on the digits model (8 queries, batch 64, S = 32, 256 rows) it says 1.2 GB
+and the peak RSS grew by 1.0 GB over the 1.0 GB the process holds after loading. The run is refused
+only when the estimate exceeds the device's free memory, with a ``--data.batch_size`` that fits.
 ``LIT_ATTR_MEMORY_LIMIT`` (e.g. ``8GB``) caps the memory the check may plan for.
 """
 
