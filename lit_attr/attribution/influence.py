@@ -151,13 +151,14 @@ class InfluenceModule(L.LightningModule):
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
         }
 
-    def _curvature_callback(self) -> Any:
+    def _curvature_callback(self, required: bool = True) -> Any:
+        """The trainer's ``KFACCallback`` (None if absent and not ``required``, e.g. for TRAK)."""
         from callbacks.curvature import KFACCallback
 
         found = [cb for cb in self.trainer.callbacks if isinstance(cb, KFACCallback)]
-        if not found:
+        if not found and required:
             raise ConfigError("No curvature: add `- class_path: callbacks.curvature.KFACCallback` to trainer.callbacks.")
-        return found[0]
+        return found[0] if found else None
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -209,7 +210,8 @@ class InfluenceModule(L.LightningModule):
             curvature_entries=sum(out * out + cols * cols for out, cols in shapes.values()),
             num_queries=num_queries, query_batch_size=self.query_batch_size,
             measurement_draws=self.measurement_spec.num_draws, batch_size=batch_size, num_draws=self.num_draws,
-            curvature_draws=self._curvature_callback().num_draws, query_compression=self.query_compression.value)
+            curvature_draws=getattr(self._curvature_callback(required=False), "num_draws", 0),
+            query_compression=self.query_compression.value)
         line = check_memory(shape, self.trainer.strategy.root_device)
         if self.trainer.is_global_zero:
             print(line)
