@@ -59,9 +59,12 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
 
 
 def first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
-    """Name of the first tensor (in mapping order) holding a NaN or Inf, or None."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    """Name of the first tensor (in mapping order) holding a NaN or Inf, or None (one device sync if all finite)."""
+    floats = {name: t for name, t in tensors.items() if t.is_floating_point()}
+    if not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats.values()]).all()):
+        return None
+    for name, tensor in floats.items():
+        if not bool(torch.isfinite(tensor).all()):
             return name
     return None
 

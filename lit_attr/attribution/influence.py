@@ -201,9 +201,8 @@ class InfluenceModule(L.LightningModule):
         """Print the memory estimate (``lit_attr.attribution.memory``); refuse a run the device cannot hold."""
         shapes = gradient_shapes(self.kfac_modules)
         unet = self.ddpm.attribution_unet
-        resumed = self._reused_queries_path()
-        num_queries = (read_metadata(self.output_dir)["num_queries"] if resumed is not None
-                       else planned_num_queries(self.query_config))
+        stored = read_metadata(self.output_dir) if self._reused_queries_path() is not None else {}
+        num_queries = stored.get("num_queries") or planned_num_queries(self.query_config)
         shape = RunShape(
             num_params=sum(out * cols for out, cols in shapes.values()),
             activation_bytes_per_row=activation_bytes_per_row(unet, self.ddpm.image_shape, next(unet.parameters()).device),
@@ -292,8 +291,10 @@ class InfluenceModule(L.LightningModule):
                                           self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
         grads = per_example_loss_gradients(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
                                            self.kfac_modules, x0, timesteps, noise, self.ddpm.attribution_unet)
-        check_finite(grads, f"training gradients of examples {batch['index'][:3].tolist()}...", TRAINING_CAUSE)
-        return flatten_gradients(grads)
+        flat = flatten_gradients(grads)
+        if not bool(torch.isfinite(flat).all()):  # one reduction per batch; name the layer only on failure
+            check_finite(grads, f"training gradients of examples {batch['index'][:3].tolist()}...", TRAINING_CAUSE)
+        return flat
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """A block of score rows: ``{"index": (B,), "scores": (B, num_queries)}`` (sign: see module docstring)."""
