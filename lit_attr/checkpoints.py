@@ -11,17 +11,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from lit_attr.errors import CheckpointError
+from lit_attr.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from lit_attr.ddpm_module import DDPMModule
 
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 RNG_STATES_KEY = "lit_attr_rng_states"
@@ -64,7 +68,7 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict[str, An
 
 def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
     """The architecture part of ``DDPMModule`` hyperparameters, normalised (dataclass defaults filled, lists)."""
-    from lit_attr.ddpm_module import DiffusionConfig, as_config
+    from lit_attr.ddpm_module import DiffusionConfig, as_config  # (imports this module)
     from lit_attr.diffusion.unet import UNetConfig
 
     arch = {"unet": asdict(as_config(hparams.get("unet"), UNetConfig)),
@@ -133,16 +137,14 @@ def _to_lists(value: Any) -> Any:
     return [_to_lists(v) for v in value] if isinstance(value, tuple | list) else value
 
 
-def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, map_location: str | torch.device = "cpu"):
+def module_from_checkpoint(checkpoint: dict[str, Any], path: str | Path,
+                           map_location: str | torch.device = "cpu") -> DDPMModule:
     """The ``DDPMModule`` (eval mode) of a checkpoint read by ``read_checkpoint``.
 
     Raises:
         CheckpointError: the stored hyperparameters are refused by today's checks (e.g. beta_end >= 1).
     """
-    import inspect
-
-    from lit_attr.ddpm_module import DDPMModule
-    from lit_attr.errors import ConfigError
+    from lit_attr.ddpm_module import DDPMModule  # (imports this module)
 
     accepted = inspect.signature(DDPMModule.__init__).parameters
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
