@@ -13,7 +13,7 @@ class ExportPipelineCallback(L.Callback):
     """Write a diffusers ``DDPMPipeline`` folder (unet/ + scheduler/) at the end of ``fit``.
 
     Args:
-        dirpath: the folder (None: ``<log dir>/pipeline``).
+        dirpath: the folder (None: ``<trainer.default_root_dir>/pipeline``, the run folder).
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
@@ -21,6 +21,6 @@ class ExportPipelineCallback(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            target = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "pipeline"
+            target = self.dirpath or Path(trainer.default_root_dir) / "pipeline"
             path = export_pipeline(pl_module, target)
             print(f"Exported diffusers pipeline to {path}")

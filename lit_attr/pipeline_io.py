@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from lit_attr.checkpoints import module_from_checkpoint, read_checkpoint
 from lit_attr.ddpm_module import DDPMModule, DiffusionConfig
 from lit_attr.diffusion.unet import UNetConfig
 from lit_attr.errors import ConfigError
+from lit_attr.validation import check_finite_weights
 
 
 def export_pipeline(module: DDPMModule, path: str | Path) -> Path:
@@ -47,10 +49,13 @@ def load_ddpm_module(path: str | Path, map_location: str | torch.device = "cpu")
     """Load a DDPM from a Lightning checkpoint (``.ckpt``) or a diffusers pipeline folder."""
     path = Path(path)
     if path.is_dir() and (path / "unet").is_dir():
-        return import_pipeline(path)
-    if path.is_file():
-        return DDPMModule.load_from_checkpoint(str(path), map_location=map_location).eval()
-    raise ConfigError(
-        f"No model at {path}: pass a Lightning checkpoint (e.g. runs/digits/checkpoints/last.ckpt) "
-        "or a diffusers DDPMPipeline folder containing unet/ and scheduler/."
-    )
+        module = import_pipeline(path)
+    elif path.is_file():
+        module = module_from_checkpoint(read_checkpoint(path, "--model.checkpoint"), path, map_location)
+    else:
+        raise ConfigError(
+            f"No model at {path}: pass a Lightning checkpoint (e.g. runs/digits/checkpoints/last.ckpt) "
+            "or a diffusers DDPMPipeline folder containing unet/ and scheduler/."
+        )
+    check_finite_weights(module.attribution_unet, f"the model {path}")
+    return module

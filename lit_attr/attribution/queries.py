@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lit_attr.data.datasets import ImageFolderDataset, IndexedDataset
+from lit_attr.data.datasets import ImageFolderDataset, IndexedDataset, find_image_files
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.errors import ConfigError
+from lit_attr.validation import check_finite
 
 
 @dataclass
@@ -37,6 +38,10 @@ class QueryConfig:
             raise ConfigError("Set at most one of --model.queries.folder and --model.queries.train_indices.")
         if self.num_generated < 1:
             raise ConfigError(f"--model.queries.num_generated must be >= 1, got {self.num_generated}.")
+        if self.num_sampling_steps is not None and self.num_sampling_steps < 1:
+            raise ConfigError(f"--model.queries.num_sampling_steps must be >= 1, got {self.num_sampling_steps}.")
+        if self.train_indices is not None and not self.train_indices:
+            raise ConfigError("--model.queries.train_indices is empty; list at least one stable training index.")
 
 
 @dataclass
@@ -71,7 +76,7 @@ def build_queries(
     """
     if config.folder is not None:
         channels, size, _ = ddpm.image_shape
-        folder = ImageFolderDataset(config.folder, image_size=size, channels=channels)
+        folder = ImageFolderDataset(config.folder, image_size=size, channels=channels, flag="--model.queries.folder")
         return QuerySet(torch.stack([folder[i]["image"] for i in range(len(folder))]), f"folder:{config.folder}")
     if config.train_indices is not None:
         position_of = {index: pos for pos, index in enumerate(train_dataset.indices)}
@@ -82,4 +87,16 @@ def build_queries(
         return QuerySet(images, f"train_indices:{list(config.train_indices)}")
     result = ddpm.generate(config.num_generated, seed=config.seed, num_steps=config.num_sampling_steps,
                            record_trajectory=record_trajectory)
+    check_finite({"generated query images": result.images}, "query generation",
+                 "the model's sampler diverged (NaN weights or an invalid diffusion schedule): check the model with "
+                 "train.py's settings, or pass queries with --model.queries.folder")
     return QuerySet(result.images, f"generated:seed={config.seed}", result.trajectory, result.timesteps)
+
+
+def planned_num_queries(config: QueryConfig) -> int:
+    """How many queries ``build_queries`` will return (without generating or reading them)."""
+    if config.folder is not None:
+        return len(find_image_files(config.folder, "--model.queries.folder"))
+    if config.train_indices is not None:
+        return len(config.train_indices)
+    return config.num_generated

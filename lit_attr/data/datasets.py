@@ -217,15 +217,16 @@ def load_cifar2_dataset(
     return dataset
 
 
-def find_image_files(root: str | Path) -> list[str]:
+def find_image_files(root: str | Path, flag: str = "--data.data_dir") -> list[str]:
     """Relative POSIX paths of the PNG/JPEG files under ``root`` (recursive), sorted.
 
     Raises:
-        DataError: if ``root`` is not a folder or holds no image with an ``IMAGE_EXTENSIONS`` suffix.
+        DataError: if ``root`` is not a folder or holds no image with an ``IMAGE_EXTENSIONS`` suffix;
+            the message names ``flag``, the argument that gave the folder.
     """
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise DataError(f"Image folder {folder} does not exist; pass an existing folder with --data.data_dir.")
+        raise DataError(f"Image folder {folder} does not exist; pass an existing folder with {flag}.")
     files = sorted(
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")
@@ -234,7 +235,7 @@ def find_image_files(root: str | Path) -> list[str]:
     if not files:
         raise DataError(
             f"Image folder {folder} contains no images (searched recursively for "
-            f"{', '.join(IMAGE_EXTENSIONS)}, any case); add images or pass another --data.data_dir."
+            f"{', '.join(IMAGE_EXTENSIONS)}, any case); add images or pass another {flag}."
         )
     return files
 
@@ -259,11 +260,13 @@ class ImageFolderDataset(IndexedDataset):
         image_size: side of the square output images.
         channels: 1 (grey) or 3 (RGB).
         random_flip: flip images left-right with probability 1/2 (training augmentation).
+        flag: the argument that gave ``root``, named in errors.
     """
 
-    def __init__(self, root: str | Path, image_size: int, channels: int, random_flip: bool = False) -> None:
+    def __init__(self, root: str | Path, image_size: int, channels: int, random_flip: bool = False,
+                 flag: str = "--data.data_dir") -> None:
         self.root = Path(root).expanduser()
-        self.files = find_image_files(self.root)
+        self.files = find_image_files(self.root, flag)
         self.image_size, self.mode = image_size, "L" if channels == 1 else "RGB"
         self.random_flip = random_flip
         self.indices = list(range(len(self.files)))
