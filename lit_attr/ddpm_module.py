@@ -3,6 +3,11 @@
 AdamW with linear warm-up then cosine decay, EMA weights (used for sampling and attribution),
 train loss and loss per timestep bucket logged to TensorBoard. Gradient clipping is a Trainer
 flag (``--trainer.gradient_clip_val 1.0``), as usual in Lightning.
+
+Guards: non-finite or out-of-range hyperparameters are refused at construction; a NaN/Inf loss
+stops training at that step, naming the first non-finite layer. Checkpoints carry the global
+random states (``lit_attr.checkpoints``) and refuse to load into another architecture, so
+``--ckpt_path`` resumes bit-identically to an uninterrupted run (single process).
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import torch
 from diffusers import AutoencoderKL, UNet2DModel
 from torch import Tensor
 
+from lit_attr.checkpoints import RNG_STATES_KEY, capture_rng_states, check_same_architecture, restore_rng_states
 from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
 from lit_attr.diffusion.sampling import SamplingResult, sample
 from lit_attr.diffusion.schedule import DiffusionSchedule
 from lit_attr.diffusion.unet import UNetConfig, build_unet, plain_config
+from lit_attr.errors import ConfigError, NumericalError
 from lit_attr.latent import autoencoder
 from lit_attr.latent.cache import LatentDataset, load_or_encode_latents
+from lit_attr.validation import first_non_finite, integer, number
 
 
 @dataclass
@@ -40,10 +48,17 @@ class OptimizerConfig:
     """Fraction of the total steps spent in linear warm-up; cosine decay to 0 afterwards."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"--model.optimizer.warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
-        if self.lr <= 0:
-            raise ValueError(f"--model.optimizer.lr must be positive, got {self.lr}.")
+        self.lr = number(self.lr, "--model.optimizer.lr", low=0.0, low_open=True)
+        self.weight_decay = number(self.weight_decay, "--model.optimizer.weight_decay", low=0.0)
+        self.warmup_fraction = number(self.warmup_fraction, "--model.optimizer.warmup_fraction", 0.0, 1.0,
+                                      high_open=True)
+        if len(self.betas) != 2:
+            raise ConfigError(f"--model.optimizer.betas must be two numbers in [0, 1), got {self.betas!r}.")
+        self.betas = tuple(number(b, "--model.optimizer.betas entries", 0.0, 1.0, high_open=True) for b in self.betas)
+
+
+BETA_ENDPOINT_SCHEDULES = ("linear", "scaled_linear", "sigmoid")
+"""Beta schedules that go from beta_start to beta_end (the others ignore both)."""
 
 
 @dataclass
@@ -69,6 +84,20 @@ class DiffusionConfig:
     """The sampler clamps its x0 prediction to [-clip_sample_range, clip_sample_range]."""
     clip_sample_range: float = 1.0
     """Bound of clip_sample."""
+
+    def __post_init__(self) -> None:
+        """Refuse non-finite or out-of-range settings; beta_start/beta_end only where the schedule uses them."""
+        integer(self.num_timesteps, "--model.diffusion.num_timesteps", low=2)
+        self.clip_sample_range = number(self.clip_sample_range, "--model.diffusion.clip_sample_range", low=0.0,
+                                        low_open=True)
+        if self.trained_betas is not None or self.beta_schedule not in BETA_ENDPOINT_SCHEDULES:
+            return
+        self.beta_start = number(self.beta_start, "--model.diffusion.beta_start", 0.0, 1.0, low_open=True,
+                                 high_open=True)
+        self.beta_end = number(self.beta_end, "--model.diffusion.beta_end", 0.0, 1.0, low_open=True, high_open=True)
+        if self.beta_end < self.beta_start:
+            raise ConfigError(f"--model.diffusion.beta_end ({self.beta_end}) must be >= --model.diffusion.beta_start "
+                              f"({self.beta_start}); the {self.beta_schedule} schedule increases.")
 
     def build(self) -> DiffusionSchedule:
         """The ``DiffusionSchedule`` of these settings."""
@@ -126,10 +155,8 @@ class DDPMModule(L.LightningModule):
         super().__init__()
         unet, diffusion = as_config(unet, UNetConfig), as_config(diffusion, DiffusionConfig)
         optimizer = as_config(optimizer, OptimizerConfig)
-        if loss_buckets < 0:
-            raise ValueError(f"--model.loss_buckets must be >= 0 (0 disables the per-timestep loss), got {loss_buckets}.")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
+        integer(loss_buckets, "--model.loss_buckets (0 disables the per-timestep loss)", low=0)
+        ema_decay = number(ema_decay, "--model.ema_decay", 0.0, 1.0, high_open=True)
         self.vae: AutoencoderKL | None = None
         if vae_config is not None or vae is not None:
             self.vae = (autoencoder.freeze(AutoencoderKL.from_config(vae_config)) if vae_config
@@ -206,6 +233,8 @@ class DDPMModule(L.LightningModule):
         noise = torch.randn_like(x0)
         losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise, batch.get("label"))
         loss = losses.mean()
+        if not bool(torch.isfinite(loss)):
+            self._raise_non_finite_loss(loss, x0)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         if self.loss_buckets > 0:
             self._log_bucket_losses(losses.detach(), t)
@@ -220,16 +249,49 @@ class DDPMModule(L.LightningModule):
             name = f"train_loss_by_t/{bucket * width:04d}-{min((bucket + 1) * width, self.schedule.num_timesteps) - 1:04d}"
             self.log(name, losses[mask].mean(), on_step=False, on_epoch=True, batch_size=int(mask.sum()))
 
-    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """EMA update with the usual warm-up ``min(decay, (1 + n) / (10 + n))``."""
+    def _raise_non_finite_loss(self, loss: Tensor, x0: Tensor) -> None:
+        """Stop training at a NaN/Inf loss, naming the first non-finite layer (or the largest weight) and the cause."""
+        weights = dict(self.unet.named_parameters())
+        layer = first_non_finite(weights)
+        lower_lr = "lower --model.optimizer.lr and keep --trainer.gradient_clip_val (e.g. 1.0)"
+        if layer is not None:
+            found = f"the weights of {layer} are not finite; the training diverged: {lower_lr}"
+        elif not bool(torch.isfinite(x0).all()):
+            found = "the input images hold NaN/Inf pixels; check the dataset files"
+        else:
+            largest = max(weights, key=lambda name: weights[name].detach().abs().max().item())
+            found = (f"the model's output overflowed (largest weight {weights[largest].abs().max().item():.3g} in "
+                     f"{largest}); {lower_lr}, or check --model.diffusion.*")
+        raise NumericalError(f"training step {self.global_step}: the loss is {loss.item()}: {found}. No checkpoint "
+                             "was written for this step.")
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update, so that checkpoints saved after a step include both."""
+        super().optimizer_step(*args, **kwargs)
+        self._update_ema()
+
+    def _update_ema(self) -> None:
+        """EMA update with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` (n = steps done)."""
         if self.ema_decay <= 0:
             return
-        decay = min(self.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        steps = self.global_step + 1  # the step that just ran is not counted in global_step yet
+        decay = min(self.ema_decay, (1 + steps) / (10 + steps))
         with torch.no_grad():
             params = [param.detach() for param in self.unet.parameters()]
             torch._foreach_lerp_(list(self.ema_unet.parameters()), params, 1.0 - decay)
             for ema, buf in zip(self.ema_unet.buffers(), self.unet.buffers()):
                 ema.copy_(buf)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the global random states (timesteps, noise, dropout, epoch order) for an exact resume."""
+        checkpoint[RNG_STATES_KEY] = capture_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse another architecture; when resuming a fit, restore the random states of the checkpoint."""
+        path = getattr(self._trainer, "ckpt_path", None) or "(in-memory checkpoint)"
+        check_same_architecture(checkpoint.get("hyper_parameters") or {}, dict(self.hparams), path)
+        if self._trainer is not None and RNG_STATES_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_STATES_KEY])
 
     def configure_optimizers(self) -> dict:
         """AdamW + per-step LambdaLR (warm-up then cosine) over ``trainer.estimated_stepping_batches``."""

@@ -98,9 +98,10 @@ class MeasurementSpec:
         self.measurement, self.timestep = parse_measurement(self.measurement, self.timestep)
         self.scheme = DrawScheme(self.scheme)
         if self.num_draws < 1:
-            raise ConfigError(f"num_draws must be >= 1, got {self.num_draws}.")
+            raise ConfigError(f"the measurement's num_draws (--model.measurement.num_draws) must be >= 1, got "
+                              f"{self.num_draws}.")
         if self.measurement is Measurement.LOSS_AT_TIMESTEP and self.timestep is None:
-            raise ConfigError("measurement=loss_at_timestep needs a timestep: set --measurement.timestep (0..T-1).")
+            raise ConfigError("measurement=loss_at_timestep needs a timestep: set --model.measurement.timestep (0..T-1).")
 
 
 def measurement_rows(

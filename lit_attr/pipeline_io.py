@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDPMPipeline, DDPMScheduler, LDMPipeline, UNet2DModel
 
+from lit_attr.checkpoints import module_from_checkpoint, read_checkpoint
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.diffusion.unet import plain_config
@@ -27,6 +28,7 @@ from lit_attr.errors import ConfigError
 from lit_attr.latent import autoencoder
 from lit_attr.scheduler_io import diffusion_config_from_scheduler, scheduler_kwargs
 from lit_attr.seeding import generator_for
+from lit_attr.validation import check_finite_weights
 
 CHECK_ROWS = 2
 """Rows of the fixed input on which an imported model's output is compared with the saved model's."""
@@ -140,6 +142,9 @@ def import_pipeline(path: str | Path) -> DDPMModule:
     unet = load_diffusers_unet(path / "unet")
     diffusion = diffusion_config_from_scheduler(read_scheduler_config(path / "scheduler"), path / "scheduler")
     vae = load_pipeline_vae(path)
+    for network, name in ((unet, "the model"), (vae, "the VAE of the model")):
+        if network is not None:  # before the output check, which NaN weights would fail with a vaguer message
+            check_finite_weights(network, f"{name} {path}")
     inputs = fixed_check_input(unet, diffusion.num_timesteps)
     reference = saved_output(unet, inputs)
     channels, height, width = unet_sample_shape(unet.config)
@@ -162,13 +167,17 @@ def import_pipeline(path: str | Path) -> DDPMModule:
 
 
 def load_ddpm_module(path: str | Path, map_location: str | torch.device = "cpu") -> DDPMModule:
-    """Load a DDPM from a Lightning checkpoint (``.ckpt``) or a diffusers pipeline folder."""
+    """Load a DDPM from a Lightning checkpoint (``.ckpt``) or a diffusers pipeline folder; refuses NaN/Inf weights."""
     path = Path(path)
     if path.is_dir() and (path / "unet").is_dir():
-        return import_pipeline(path)
-    if path.is_file():
-        return DDPMModule.load_from_checkpoint(str(path), map_location=map_location).eval()
-    raise ConfigError(
-        f"No model at {path}: pass a Lightning checkpoint (e.g. runs/digits/checkpoints/last.ckpt) "
-        "or a diffusers DDPMPipeline folder containing unet/ and scheduler/."
-    )
+        return import_pipeline(path)  # checks its weights before comparing outputs
+    if not path.is_file():
+        raise ConfigError(
+            f"No model at {path}: pass a Lightning checkpoint (e.g. runs/digits/checkpoints/last.ckpt) "
+            "or a diffusers DDPMPipeline (or LDMPipeline) folder containing unet/ and scheduler/."
+        )
+    module = module_from_checkpoint(read_checkpoint(path, "--model.checkpoint"), path, map_location)
+    check_finite_weights(module.attribution_unet, f"the model {path}")
+    if module.is_latent:
+        check_finite_weights(module.vae, f"the VAE of the model {path}")
+    return module

@@ -55,13 +55,17 @@ def diffusion_config_from_scheduler(raw: dict[str, Any], where: str | Path = "sc
         check_schedule_settings(prediction_type, variance_type, "linear" if trained is not None else beta_schedule)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
-    return DiffusionConfig(
-        num_timesteps=int(config["num_train_timesteps"]), beta_start=float(config["beta_start"]),
-        beta_end=float(config["beta_end"]), beta_schedule=beta_schedule,
-        trained_betas=None if trained is None else [float(b) for b in trained], prediction_type=prediction_type,
-        variance_type=variance_type, clip_sample=bool(config.get("clip_sample", False)),
-        clip_sample_range=float(config.get("clip_sample_range", 1.0)),
-    )
+    try:  # DiffusionConfig refuses out-of-range values with the training flag's name: name the file's key instead
+        return DiffusionConfig(
+            num_timesteps=int(config["num_train_timesteps"]), beta_start=float(config["beta_start"]),
+            beta_end=float(config["beta_end"]), beta_schedule=beta_schedule,
+            trained_betas=None if trained is None else [float(b) for b in trained], prediction_type=prediction_type,
+            variance_type=variance_type, clip_sample=bool(config.get("clip_sample", False)),
+            clip_sample_range=float(config.get("clip_sample_range", 1.0)),
+        )
+    except ConfigError as error:
+        message = str(error).replace("--model.diffusion.num_timesteps", "num_train_timesteps")
+        raise ConfigError(f"{where}: unsupported scheduler setting: {message.replace('--model.diffusion.', '')}") from None
 
 
 def scheduler_kwargs(config: DiffusionConfig) -> dict[str, Any]:

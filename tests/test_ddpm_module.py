@@ -98,7 +98,7 @@ def test_train_cli_fits_checkpoints_resumes_and_writes_samples(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "samples.png").stat().st_size > 0
     assert (run / "pipeline" / "unet" / "config.json").exists()
-    assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+    assert list((run / "lightning_logs").rglob("events.out.tfevents*"))  # logs follow the run folder
     proc = run_script("train.py", "fit", "--config", str(config), "--trainer.max_steps", "6", "--ckpt_path", "last")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

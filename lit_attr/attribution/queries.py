@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from lit_attr.attribution.query_files import load_query_file
-from lit_attr.data.datasets import ImageFolderDataset, IndexedDataset
+from lit_attr.data.datasets import ImageFolderDataset, IndexedDataset, find_image_files
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.errors import ConfigError
+from lit_attr.validation import check_finite
 
 
 @dataclass
@@ -48,6 +49,10 @@ class QueryConfig:
             raise ConfigError(f"Set at most one of --model.queries.folder, .file and .train_indices; got {given}.")
         if self.num_generated < 1:
             raise ConfigError(f"--model.queries.num_generated must be >= 1, got {self.num_generated}.")
+        if self.num_sampling_steps is not None and self.num_sampling_steps < 1:
+            raise ConfigError(f"--model.queries.num_sampling_steps must be >= 1, got {self.num_sampling_steps}.")
+        if self.train_indices is not None and not self.train_indices:
+            raise ConfigError("--model.queries.train_indices is empty; list at least one stable training index.")
         if self.labels is not None and self.train_indices is not None:
             raise ConfigError("--model.queries.train_indices use the training images' own labels; "
                               "drop --model.queries.labels.")
@@ -131,6 +136,9 @@ def build_queries(
         config.num_generated, ddpm)
     result = ddpm.generate(config.num_generated, seed=config.seed, num_steps=config.num_sampling_steps,
                            record_trajectory=record_trajectory, labels=labels)
+    check_finite({"generated query images": result.images}, "query generation",
+                 "the model's sampler diverged (NaN weights or an invalid diffusion schedule): check the model with "
+                 "train.py's settings, or pass queries with --model.queries.folder or --model.queries.file")
     return QuerySet(result.images, f"generated:seed={config.seed}", result.trajectory, result.timesteps, result.labels,
                     display=ddpm.to_pixels(result.images) if ddpm.is_latent else None)
 
@@ -139,7 +147,7 @@ def _read_queries(config: QueryConfig, ddpm: DDPMModule) -> QuerySet:
     """Queries from a folder of images or a tensor file (pixels; encoded for a latent model)."""
     channels, size, _ = ddpm.image_shape
     if config.folder is not None:
-        folder = ImageFolderDataset(config.folder, image_size=size, channels=channels)
+        folder = ImageFolderDataset(config.folder, image_size=size, channels=channels, flag="--model.queries.folder")
         pixels, file_labels, source = torch.stack([folder[i]["image"] for i in range(len(folder))]), None, "folder"
     else:
         pixels, file_labels = load_query_file(config.file, ddpm.image_shape)
@@ -166,3 +174,14 @@ def _training_queries(train_indices: list[int], ddpm: DDPMModule, train_dataset:
             raise ConfigError("The model is class-conditional but the training data has no labels.")
         labels = torch.tensor([int(item["label"]) for item in items])
     return QuerySet(images, f"train_indices:{list(train_indices)}", labels=labels, display=display)
+
+
+def planned_num_queries(config: QueryConfig, image_shape: tuple[int, int, int]) -> int:
+    """How many queries ``build_queries`` will return (without generating them; a query file is read and checked)."""
+    if config.folder is not None:
+        return len(find_image_files(config.folder, "--model.queries.folder"))
+    if config.file is not None:
+        return len(load_query_file(config.file, image_shape)[0])
+    if config.train_indices is not None:
+        return len(config.train_indices)
+    return config.num_generated

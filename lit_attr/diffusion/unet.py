@@ -12,6 +12,9 @@ from typing import Any
 
 from diffusers import UNet2DModel
 
+from lit_attr.errors import ConfigError
+from lit_attr.validation import integer, number
+
 
 @dataclass
 class UNetConfig:
@@ -39,8 +42,13 @@ class UNetConfig:
         self.down_block_types = tuple(self.down_block_types)
         self.up_block_types = tuple(self.up_block_types)
         levels = len(self.block_out_channels)
+        for channels in self.block_out_channels:
+            integer(channels, "--model.unet.block_out_channels entries", low=1)
+        integer(self.layers_per_block, "--model.unet.layers_per_block", low=1)
+        integer(self.norm_num_groups, "--model.unet.norm_num_groups", low=1)
+        number(self.dropout, "--model.unet.dropout", 0.0, 1.0, high_open=True)
         if len(self.down_block_types) != levels or len(self.up_block_types) != levels:
-            raise ValueError(
+            raise ConfigError(
                 f"--model.unet.block_out_channels has {levels} levels but down_block_types has "
                 f"{len(self.down_block_types)} and up_block_types {len(self.up_block_types)}; give one block per level."
             )
@@ -49,7 +57,7 @@ class UNetConfig:
                              f"got {self.num_class_embeds}.")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
-            raise ValueError(
+            raise ConfigError(
                 f"--model.unet.norm_num_groups={self.norm_num_groups} does not divide channels {bad}; "
                 "choose a divisor of every entry of block_out_channels."
             )
@@ -59,7 +67,7 @@ def build_unet(config: UNetConfig, image_shape: tuple[int, int, int]) -> UNet2DM
     """A ``UNet2DModel`` for images of shape (C, H, W) with H == W."""
     channels, height, width = image_shape
     if height != width:
-        raise ValueError(f"Only square images are supported, got image_shape={tuple(image_shape)}.")
+        raise ConfigError(f"Only square images are supported, got image_shape={tuple(image_shape)}.")
     kwargs = asdict(config)
     return UNet2DModel(sample_size=height, in_channels=channels, out_channels=channels, **kwargs)
 

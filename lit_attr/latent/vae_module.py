@@ -56,6 +56,9 @@ class VAEModule(L.LightningModule):
         num_figure_images: training images shown with their reconstructions in ``reconstructions.png``.
     """
 
+    EXPORT_FOLDER = "vae"
+    """``ExportPipelineCallback`` writes the VAE folder to ``<default_root_dir>/vae`` unless given a dirpath."""
+
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 8, 8),
