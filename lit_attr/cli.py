@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_attr.checkpoints import check_resume
 from lit_attr.cli_errors import OneLineLightningArgumentParser
-from lit_attr.errors import CheckpointError, ConfigError
+from lit_attr.errors import CheckpointError, ConfigError, LitAttrError
 from lit_attr.validation import check_output_folder
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -57,6 +57,19 @@ class LitAttrCLI(LightningCLI):
             parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
         target = "model.init_args.image_shape" if self.subclass_mode_model else "model.image_shape"
         parser.link_arguments("data.image_shape", target, apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; a model's own refusal (a ``LitAttrError``) is raised as itself, not inside the union
+        error jsonargparse wraps it in under subclass mode (so ``--debug`` shows the refusal's traceback)."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause = error.__cause__
+            while cause is not None and not isinstance(cause, LitAttrError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (readable Lightning checkpoint, same architecture) before building anything.

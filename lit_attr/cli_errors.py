@@ -181,10 +181,29 @@ def simplify_union_error(message: str) -> str:
     """
     found = re.match(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes.*?'
                      r'Parser key "([^"]+)": (Expected .*?Got value: \S+)', message)
+    if found:
+        outer, inner, reason = found.groups()
+        return f'Parser key "{outer}.{inner}": {reason}'
+    return simplify_class_error(message)
+
+
+def simplify_class_error(message: str) -> str:
+    """The error of a subclass-mode option (``train.py``'s ``--model``, whose class a config may name) reduced to
+    the problem with the configured class.
+
+    ``Parser key "model": Does not validate ... Problem with given class_path 'lit_attr.ddpm_module.DDPMModule':
+    Option 'learning_rate' is not accepted - Expected a <class 'NoneType'> ...`` becomes ``--model.learning_rate
+    is not an option of lit_attr.ddpm_module.DDPMModule``.
+    """
+    found = re.match(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes.*?'
+                     r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a <class 'NoneType'>.*)?$", message)
     if not found:
         return message
-    outer, inner, reason = found.groups()
-    return f'Parser key "{outer}.{inner}": {reason}'
+    key, class_path, reason = found.groups()
+    option = re.fullmatch(r"Option '([^']+)' is not accepted", reason.strip())
+    if option:
+        return f"--{key}.{option.group(1)} is not an option of {class_path}"
+    return f'Parser key "{key}" ({class_path}): {reason.strip()}'
 
 
 

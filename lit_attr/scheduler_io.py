@@ -65,7 +65,8 @@ def diffusion_config_from_scheduler(raw: dict[str, Any], where: str | Path = "sc
         )
     except ConfigError as error:
         message = str(error).replace("--model.diffusion.num_timesteps", "num_train_timesteps")
-        raise ConfigError(f"{where}: unsupported scheduler setting: {message.replace('--model.diffusion.', '')}") from None
+        message = message.replace("--model.diffusion.", "")
+        raise ConfigError(f"{where}: unsupported scheduler setting: {message}") from None
 
 
 def scheduler_kwargs(config: DiffusionConfig) -> dict[str, Any]:

@@ -187,6 +187,45 @@ def torch_dict(fixture: Path, case_dir: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, case_dir / "plain.pt")
 
 
+def query_file_0_255(fixture: Path, case_dir: Path) -> None:
+    """Float queries still in 0..255 (not mapped to [-1, 1])."""
+    case_dir.mkdir(parents=True, exist_ok=True)
+    np.save(case_dir / "queries.npy", np.linspace(0, 255, 2 * 64, dtype=np.float32).reshape(2, 1, 8, 8))
+
+
+def query_file_rgb(fixture: Path, case_dir: Path) -> None:
+    """RGB 8x8 queries for the grey digits model."""
+    case_dir.mkdir(parents=True, exist_ok=True)
+    np.save(case_dir / "queries.npy", np.zeros((2, 3, 8, 8), dtype=np.float32))
+
+
+def pipeline_with_thresholding(fixture: Path, case_dir: Path) -> None:
+    """The fixture's model exported as a diffusers pipeline (``<fixture>/thresholding``: an input, not an output of
+    the case) whose scheduler turns on dynamic thresholding."""
+    from lit_attr.pipeline_io import export_pipeline, load_ddpm_module
+
+    path = export_pipeline(load_ddpm_module(fixture / "run" / "checkpoints" / "last.ckpt"), fixture / "thresholding")
+    config_file = path / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "thresholding": True}))
+
+
+def vae_checkpoint(fixture: Path, case_dir: Path) -> None:
+    """A Lightning checkpoint of the digits VAE (``VAEModule``), as train.py writes with configs/vae_digits.yaml."""
+    import lightning
+
+    from lit_attr.latent.vae_module import VAEModule
+
+    module = VAEModule(vae={"block_out_channels": [8, 8], "latent_channels": 2, "norm_num_groups": 4})
+    case_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"pytorch-lightning_version": lightning.__version__, "state_dict": module.state_dict(),
+                "hyper_parameters": dict(module.hparams)}, case_dir / "vae.ckpt")
+
+
+def vae_config(fixture: Path, case_dir: Path) -> None:
+    _write(case_dir / "vae.yaml", (ROOT / "configs" / "vae_digits.yaml").read_text().replace("runs/vae_digits",
+                                                                                              str(case_dir / "run")))
+
+
 # ---------------------------------------------------------------------------------------------- cases
 
 def _train(case_id: str, bad: str, args: tuple[str, ...], *expect: str, **kw) -> Case:
@@ -274,6 +313,11 @@ CASES: list[Case] = [
     _train("train-ckpt-architecture", "checkpoint of another U-Net than the config",
            ("--ckpt_path", "{fixture}/run/checkpoints/last.ckpt", "--model.unet.block_out_channels", "[32, 64]"),
            "holds another architecture", "unet.block_out_channels: checkpoint [16, 32], config [32, 64]"),
+    _train("train-ckpt-vae", "--ckpt_path of the latent demo's VAE for a DDPM config", ("--ckpt_path", "{case}/vae.ckpt"),
+           "a Lightning checkpoint of another model", "VAEModule checkpoint", setup=vae_checkpoint),
+    Case("train-vae-ckpt-ddpm", "VAE config (configs/vae_digits.yaml) resuming a DDPM checkpoint",
+         ("train.py", "fit", "--config", "{case}/vae.yaml"), ("--ckpt_path", "{fixture}/run/checkpoints/last.ckpt"),
+         ("is not a VAEModule checkpoint", "drop --ckpt_path"), setup=vae_config),
     _train("train-ckpt-last-none", "--ckpt_path last before any checkpoint exists", ("--ckpt_path", "last"),
            "--ckpt_path last: no last*.ckpt in", "drop --ckpt_path"),
     _train("train-ckpt-last-disabled", "--ckpt_path last with checkpointing switched off",
@@ -293,6 +337,9 @@ CASES: list[Case] = [
           ("--data.dataset", "folder", "--data.data_dir", "{case}/images", "--data.image_size", "16",
            "--data.channels", "1", "--data.subset_file", "null"), "trained on images of shape (1, 8, 8)",
           setup=corrupt_image),
+    _attr("attr-pipeline-thresholding", "diffusers pipeline whose scheduler uses dynamic thresholding",
+          ("--model.checkpoint", "{fixture}/thresholding"), "thresholding=true", "not supported",
+          setup=pipeline_with_thresholding),
     # ---- attribute.py: settings
     _attr("attr-damping-nan", "damping NaN", ("--model.damping", "nan"), "model.damping", "Got value: nan"),
     _attr("attr-damping-yaml-nan", "damping NaN in YAML spelling", ("--model.damping", ".nan"),
@@ -320,6 +367,15 @@ CASES: list[Case] = [
           "contains no images", "--model.queries.folder", setup=empty_folder),
     _attr("attr-query-image-corrupt", "query folder with a broken image", ("--model.queries.folder", "{case}/images"),
           "Cannot read image", "broken.png", setup=corrupt_image),
+    _attr("attr-query-file-range", "query tensor file with pixel values 0..255",
+          ("--model.queries.file", "{case}/queries.npy"), "--model.queries.file", "the values span [0, 255]",
+          "images are in [-1, 1]", setup=query_file_0_255),
+    _attr("attr-query-file-shape", "query tensor file of RGB images for a grey model",
+          ("--model.queries.file", "{case}/queries.npy"), "shape (2, 3, 8, 8)", "(N, 1, 8, 8)", setup=query_file_rgb),
+    _attr("attr-query-file-missing", "query tensor file that does not exist", ("--model.queries.file", "{case}/q.pt"),
+          "--model.queries.file", "does not exist"),
+    _attr("attr-query-labels", "query labels for a model without classes", ("--model.queries.labels", "[3]"),
+          "not class-conditional", "drop it"),
     _attr("attr-query-count", "zero generated queries", ("--model.queries.num_generated", "0"),
           "--model.queries.num_generated must be >= 1"),
     _attr("attr-query-index", "query index not in the training data", ("--model.queries.train_indices", "[5000]"),

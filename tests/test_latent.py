@@ -16,7 +16,8 @@ from lit_attr.data.datasets import load_digits_dataset
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.diffusion.unet import UNetConfig
-from lit_attr.errors import ConfigError
+from lit_attr.checkpoints import check_resume
+from lit_attr.errors import CheckpointError, ConfigError
 from lit_attr.latent import cache
 from lit_attr.latent.autoencoder import decode, encode_mean, load_vae
 from lit_attr.latent.vae_module import VAEModule
@@ -96,6 +97,27 @@ def test_latent_ddpm_trains_on_the_cached_latents(latent_run, vae_folder):
     for key, value in load_vae(vae_folder).state_dict().items():
         torch.testing.assert_close(module.vae.state_dict()[key], value)
     assert not any(p.requires_grad for p in module.vae.parameters())
+
+
+def test_resume_checks_latent_space_and_model_class(latent_run, vae_folder, tmp_path):
+    """train.py --ckpt_path: a latent checkpoint resumes its latent config only; a VAE config refuses a DDPM checkpoint
+    and the reverse; a VAE checkpoint resumes a VAE config of the same architecture only."""
+    path = latent_run / "model.ckpt"
+    stored = torch.load(path, weights_only=True)["hyper_parameters"]
+    pixel_config = {"unet": stored["unet"], "diffusion": stored["diffusion"]}
+    check_resume(path, DDPMModule, {**pixel_config, "vae": str(vae_folder)})
+    with pytest.raises(CheckpointError, match="latent: checkpoint True, config False"):
+        check_resume(path, DDPMModule, pixel_config)
+    with pytest.raises(CheckpointError, match="is not a VAEModule checkpoint"):
+        check_resume(path, VAEModule, {})
+    vae = VAEModule(vae={"block_out_channels": [16, 32], "latent_channels": 2, "norm_num_groups": 8})
+    torch.save({"pytorch-lightning_version": L.__version__, "state_dict": vae.state_dict(),
+                "hyper_parameters": dict(vae.hparams)}, tmp_path / "vae.ckpt")
+    check_resume(tmp_path / "vae.ckpt", VAEModule, {"vae": dict(vae.hparams["vae"]), "lr": 0.1})
+    with pytest.raises(CheckpointError, match=r"vae.latent_channels: checkpoint 2, config 4"):
+        check_resume(tmp_path / "vae.ckpt", VAEModule, {"vae": {**vae.hparams["vae"], "latent_channels": 4}})
+    with pytest.raises(CheckpointError, match="VAEModule checkpoint"):
+        check_resume(tmp_path / "vae.ckpt", DDPMModule, pixel_config)
 
 
 def attribute(latent_run, out, **kwargs):

@@ -202,6 +202,7 @@ def test_exported_scheduler_matches_our_sampler(tmp_path):
     ({"thresholding": True}, "thresholding"),
     ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
     ({"variance_type": "learned_range"}, "learned"),
+    ({"beta_end": 1.5}, r"unsupported scheduler setting: beta_end must be in \(0, 1\)"),
 ])
 def test_unsupported_scheduler_settings_are_refused(tmp_path, scheduler, message):
     with pytest.raises(ConfigError, match=message):

@@ -69,7 +69,8 @@ def load_query_file(path: str | Path, image_shape: tuple[int, int, int]) -> tupl
     if path.suffix not in QUERY_FILE_SUFFIXES:
         raise DataError(f"{where}: unknown file type {path.suffix!r}; use one of {', '.join(QUERY_FILE_SUFFIXES)}.")
     if not path.is_file():
-        raise DataError(f"{where} does not exist.")
+        raise DataError(f"{where} does not exist; pass a {'/'.join(QUERY_FILE_SUFFIXES)} file of float images "
+                        "(N, C, H, W) in [-1, 1].")
     try:
         content = _read(path)
     except (OSError, ValueError, RuntimeError) as error:
