@@ -128,8 +128,7 @@ def test_batches_of_one_example_and_one_query(tiny_run, reference_scores):
     assert_same_curvature(out, ragged)
     assert_same_scores(load_scores(ragged), scores)
     single = tiny_run / "single_query"
-    attribute_in_process(tiny_run, single, batch_size=1, subset=True, curvature_draws=1,
-                         queries={"num_generated": 1, "num_sampling_steps": 10})
+    attribute_in_process(tiny_run, single, curvature_draws=1, queries={"num_generated": 1, "num_sampling_steps": 10})
     assert load_scores(single).shape == (NUM_TRAIN, 1) and np.isfinite(load_scores(single)).all()
 
 
