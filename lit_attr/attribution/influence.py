@@ -26,8 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_attr.attribution.gradients import flatten_gradients, per_example_gradients, per_example_loss_gradients
-from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, score_against
+from lit_attr.attribution.gradients import (
+    flatten_gradients,
+    per_example_gradients,
+    per_example_loss_gradients,
+    per_example_loss_scores,
+)
+from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
 from lit_attr.constants import FACTORS_FILE, QUERIES_FILE
 from lit_attr.curvature.eigen import KFACEigen, precondition
@@ -223,15 +228,31 @@ class InfluenceModule(L.LightningModule):
         return flatten_gradients(precondition(self.query_gradients(), self.eigen, self.damping))
 
     # ------------------------------------------------------------------ training rows
+    def training_draws(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> tuple[Tensor, Tensor]:
+        """The S seeded (timestep, noise) draws of each example of the batch: (B, S) and (B, S, C, H, W)."""
+        x0 = batch["image"]
+        return draw_for_batch(batch["index"].cpu(), self.num_draws, tuple(x0.shape[1:]),
+                              self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
+
     def training_gradients(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
         """Per-example loss gradients averaged over S draws (stream ``train``): (B, num_params)."""
-        x0 = batch["image"]
-        timesteps, noise = draw_for_batch(batch["index"].cpu(), self.num_draws, tuple(x0.shape[1:]),
-                                          self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
+        timesteps, noise = self.training_draws(batch, stream)
         grads = per_example_loss_gradients(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
-                                           self.kfac_modules, x0, timesteps, noise, self.ddpm.attribution_unet)
+                                           self.kfac_modules, batch["image"], timesteps, noise,
+                                           self.ddpm.attribution_unet)
         return flatten_gradients(grads)
+
+    def training_scores(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
+        """Scores of the batch's examples against the stored queries, layer by layer: (B, num_queries).
+
+        Equal to ``score_against(self.query_rows, self.training_gradients(batch, stream))`` without
+        forming the (B, num_params) gradient matrix (``per_example_scores``).
+        """
+        timesteps, noise = self.training_draws(batch, stream)
+        return per_example_loss_scores(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
+                                       self.kfac_modules, batch["image"], timesteps, noise, self.query_rows,
+                                       self.ddpm.attribution_unet)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """A block of score rows: ``{"index": (B,), "scores": (B, num_queries)}`` (sign: see module docstring)."""
-        return {"index": batch["index"], "scores": score_against(self.query_rows, self.training_gradients(batch))}
+        return {"index": batch["index"], "scores": self.training_scores(batch)}
