@@ -201,7 +201,8 @@ class InfluenceModule(L.LightningModule):
         if self.eigen is None:
             raise RuntimeError("KFACCallback did not provide the curvature.")
         start = time.perf_counter()
-        preconditioned = self.preconditioned_query_gradients()
+        with self.trainer.precision_plugin.forward_context():  # as predict_step: bf16-mixed autocasts
+            preconditioned = self.preconditioned_query_gradients()
         self.query_rows = compress(preconditioned, self.query_compression)
         self.timings["queries_s"] = time.perf_counter() - start
 

@@ -98,10 +98,11 @@ def unscaled_block_scores(compressed: CompressedRows, block: Tensor, start: int,
         raise ValueError(f"Columns {start}..{start + block.shape[1]} are outside the queries' D={compressed.shape[1]}.")
     train = block.float()
     scores = train.new_zeros(train.shape[0], compressed.shape[0])
-    for offset in range(0, train.shape[1], chunk_size):
-        stop = min(offset + chunk_size, train.shape[1])
-        queries = compressed.values[:, start + offset : start + stop].to(train)
-        scores.addmm_(train[:, offset:stop], queries.T)
+    with torch.autocast(device_type=train.device.type, enabled=False):  # float32 under bf16-mixed
+        for offset in range(0, train.shape[1], chunk_size):
+            stop = min(offset + chunk_size, train.shape[1])
+            queries = compressed.values[:, start + offset : start + stop].to(train)
+            scores.addmm_(train[:, offset:stop], queries.T)
     return scores
 
 

@@ -144,6 +144,16 @@ class LayerCapture:
 # ---------------------------------------------------------------------------- expanded / reduced views
 
 
+def autocast_off(device: torch.device) -> torch.autocast:
+    """Autocast disabled on ``device``: contractions of captured tensors keep float32 under bf16-mixed."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is float16/bfloat16 (captures under autocast), else unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _store_grad(capture_ref: weakref.ref, name: str, grad: Tensor) -> None:
     """Tensor hook: record dL/dz of layer ``name`` in the (still alive) capture."""
     capture = capture_ref()
@@ -251,14 +261,18 @@ def grouped_gradients(module: nn.Module, x: Tensor, g: Tensor, group_size: int =
         x: captured input, (R, ...).
         g: gradient w.r.t. the output, (R, ...).
         group_size: rows per group; must divide R.
+
+    Half-precision captures (``--trainer.precision bf16-mixed``) are contracted in float32.
     """
     if x.shape[0] % group_size:
         raise ValueError(f"group_size={group_size} does not divide the number of rows {x.shape[0]}.")
+    x, g = at_least_float32(x), at_least_float32(g)
     groups = x.shape[0] // group_size
-    if isinstance(module, nn.Conv2d):
-        weight = conv_group_gradients(module, x, g, group_size)
-        bias = g.reshape(groups, group_size, g.shape[1], -1).sum(dim=(1, 3))
-    else:
-        a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
-        weight, bias = torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1)
+    with autocast_off(x.device):
+        if isinstance(module, nn.Conv2d):
+            weight = conv_group_gradients(module, x, g, group_size)
+            bias = g.reshape(groups, group_size, g.shape[1], -1).sum(dim=(1, 3))
+        else:
+            a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
+            weight, bias = torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1)
     return torch.cat([weight, bias.unsqueeze(2)], dim=2) if has_bias(module) else weight
