@@ -4,8 +4,9 @@ Spearman, FLOP counts and PASS/FAIL lines. Not part of the library (``python ben
 Timing protocol (the project's CPU machine is shared): every stage runs ``repeats`` times, the
 stages alternate (floor, ours, floor, ours, ...), and the best wall time and the best process CPU
 time of each stage are kept; ratios use the CPU time on CPU (waiting for a busy core does not count)
-and wall time on GPU. Peak memory is the process's resident high-water mark during the stage
-(``/proc/self/status`` VmHWM, reset per stage) on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
+and wall time on GPU. Peak memory is how far the process's resident set rose above its level at the
+start of the stage (``/proc/self/status`` VmHWM, reset per stage) on CPU, and
+``torch.cuda.max_memory_allocated`` above the allocation at the start on GPU.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +25,11 @@ import torch
 import yaml
 from diffusers import UNet2DModel
 
-from lit_attr.diffusion.draws import draw_for_batch
-from lit_attr.diffusion.unet import UNetConfig, build_unet
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's lit_attr, not another installed copy
+
+from lit_attr.diffusion.draws import draw_for_batch  # noqa: E402
+from lit_attr.diffusion.unet import UNetConfig, build_unet  # noqa: E402
 
 U32_UNET = UNetConfig(
     block_out_channels=(64, 128, 128), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
@@ -131,34 +134,47 @@ def configure(device: str = "auto", threads: int | None = None) -> torch.device:
     return chosen
 
 
+_BASELINE_MB = 0.0
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    raise OSError(key)
+
+
 def _peak_reset() -> None:
+    """Start a stage's memory measurement: reset the high-water mark, remember the current use."""
+    global _BASELINE_MB
     if _ON_GPU:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        _BASELINE_MB = torch.cuda.memory_allocated() / 2**20
+        return
     try:
         Path("/proc/self/clear_refs").write_text("5")
+        _BASELINE_MB = _status_mb("VmRSS")
     except OSError:
-        pass
+        _BASELINE_MB = 0.0
 
 
 def _peak_mb() -> float:
+    """Peak memory above the stage's start (GPU: allocated by torch; CPU: resident set)."""
     if _ON_GPU:
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2**20
+        return torch.cuda.max_memory_allocated() / 2**20 - _BASELINE_MB
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
+        return _status_mb("VmHWM") - _BASELINE_MB
     except OSError:
-        pass
-    import resource
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - _BASELINE_MB
 
 
 @dataclass
 class StageTime:
-    """Best wall and CPU seconds of a stage over its repeats, and its peak memory (MiB)."""
+    """Best wall and CPU seconds of a stage over its repeats, and its peak memory above its start (MiB)."""
 
     wall: float = float("inf")
     cpu: float = float("inf")
