@@ -114,9 +114,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="32", help="32, bf16-mixed or tf32 (GPU)")
     parser.add_argument("--ekfac", action="store_true")
     args = parser.parse_args()
-    device = configure(args.device, args.threads)
+    device = configure(args.device, args.threads, args.precision)
     print(machine_line())
     for name in args.models:
         unet, shape = build_preset(name)

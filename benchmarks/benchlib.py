@@ -11,6 +11,7 @@ start of the stage (``/proc/self/status`` VmHWM, reset per stage) on CPU, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import platform
@@ -82,7 +83,7 @@ def random_images(num_examples: int, shape: tuple[int, int, int], seed: int = 0)
 
 
 def write_random_cifar10(folder: Path, num_examples: int, seed: int = 0) -> Path:
-    """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) of random pixels, split over the 5 files."""
+    """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``, ``batches.meta``) of random pixels."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     parts = np.array_split(np.arange(num_examples), 5)
@@ -92,6 +93,8 @@ def write_random_cifar10(folder: Path, num_examples: int, seed: int = 0) -> Path
         (folder / f"data_batch_{number}").write_bytes(pickle.dumps(batch))
     test = {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), b"labels": list(range(10))}
     (folder / "test_batch").write_bytes(pickle.dumps(test))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names, b"num_vis": 3072}))
     return folder
 
 
@@ -121,17 +124,39 @@ def batches_with_draws(images: torch.Tensor, examples_per_batch: int, num_draws:
 
 _ON_GPU = False
 """Set by ``configure``: time and measure memory on the GPU."""
+_AUTOCAST: str | None = None
+"""Set by ``configure``: the device type every stage autocasts to bf16 on (bf16-mixed), or None."""
+PRECISIONS = ("32", "bf16-mixed", "tf32")
 
 
-def configure(device: str = "auto", threads: int | None = None) -> torch.device:
-    """Pick the device ("auto": the GPU if there is one) and the CPU thread count; returns the device."""
-    global _ON_GPU
+def configure(device: str = "auto", threads: int | None = None, precision: str = "32") -> torch.device:
+    """Pick the device ("auto": the GPU if there is one), CPU threads and precision; returns the device.
+
+    ``bf16-mixed``: every stage runs under ``torch.autocast(bfloat16)`` (lit-attr keeps its sums and
+    scores in float32, as with ``--trainer.precision bf16-mixed``); ``tf32``: float32 matmuls and
+    convolutions in TF32 on the GPU.
+    """
+    global _ON_GPU, _AUTOCAST
     if threads:
         torch.set_num_threads(threads)
     chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
     _ON_GPU = chosen.type == "cuda"
+    if precision not in PRECISIONS:
+        raise SystemExit(f"--precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "tf32":
+        if not _ON_GPU:
+            raise SystemExit("--precision tf32 needs a CUDA device (--device cuda).")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _AUTOCAST = chosen.type if precision == "bf16-mixed" else None
     return chosen
+
+
+def _precision_context():
+    if _AUTOCAST is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=_AUTOCAST, dtype=torch.bfloat16)
 
 
 _BASELINE_MB = 0.0
@@ -191,7 +216,8 @@ def run_stage(fn: Callable[[], object], record: StageTime) -> object:
     """Run ``fn`` once, updating ``record`` with its wall/CPU time and peak memory."""
     _peak_reset()
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    result = fn()
+    with _precision_context():
+        result = fn()
     if _ON_GPU:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
@@ -205,7 +231,8 @@ def interleaved(stages: dict[str, Callable[[], object]], repeats: int = 3, warmu
     """Time each stage ``repeats`` times, alternating between stages; best of the repeats."""
     if warmup:
         for fn in stages.values():
-            fn()
+            with _precision_context():
+                fn()
     records = {name: StageTime() for name in stages}
     for _ in range(repeats):
         for name, fn in stages.items():
@@ -239,7 +266,7 @@ def forward_backward_flops(model: UNet2DModel, shape: tuple[int, int, int], rows
 
 
 def machine_line() -> str:
-    """Where the figures come from: CPU/GPU, threads, torch version and the load at the start."""
+    """Where the figures come from: CPU/GPU, threads, precision, torch version and the load at the start."""
     try:
         model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                      if l.startswith("model name"))
@@ -247,5 +274,35 @@ def machine_line() -> str:
         model = platform.machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = f"GPU {torch.cuda.get_device_name(0)}; " if _ON_GPU else ""
-    return (f"{gpu}CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch "
-            f"{torch.__version__}; load average {load:.1f} at start")
+    precision = "bf16-mixed" if _AUTOCAST else ("tf32" if _ON_GPU and torch.backends.cuda.matmul.allow_tf32 else "32")
+    return (f"{gpu}CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; precision "
+            f"{precision}; torch {torch.__version__}; load average {load:.1f} at start")
+
+
+def layer_input_shapes(unet: UNet2DModel, modules: dict, shape: tuple[int, int, int]) -> dict[str, tuple]:
+    """Input shape of every K-FAC'd layer for one row."""
+    from lit_attr.curvature.capture import LayerCapture
+
+    with torch.no_grad(), LayerCapture(modules) as capture:
+        unet(torch.zeros(1, *shape), torch.zeros(1, dtype=torch.long))
+    return {name: tuple(capture.inputs[name].shape[1:]) for name in modules}
+
+
+def kfac_factor_flops(unet: UNet2DModel, modules: dict, shape: tuple[int, int, int]) -> float:
+    """FLOPs per row of K-FAC's sums A and G as lit-attr computes them (13 C^2 H W per 3x3 conv for A)."""
+    from lit_attr.curvature.conv_gram import conv_plan_for
+    from lit_attr.curvature.layers import conv_output_size
+
+    total = 0.0
+    for name, in_shape in layer_input_shapes(unet, modules, shape).items():
+        module = modules[name]
+        if isinstance(module, torch.nn.Conv2d):
+            channels, height, width = in_shape
+            out_h, out_w = conv_output_size(module, height, width)
+            plan = conv_plan_for(module, torch.empty(1, channels, height, width))
+            displacements = len(plan.displacements) if module.kernel_size != (1, 1) else 1
+            total += 2 * displacements * height * width * channels**2 + 2 * out_h * out_w * module.out_channels**2
+        else:
+            positions = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
+            total += 2 * positions * (in_shape[-1] ** 2 + module.out_features**2)
+    return total

@@ -4,7 +4,7 @@
     python benchmarks/compare_kronfluence.py [--model digits-0.7M|u32] [--fisher mc|empirical] [--threads 1]
 
 Both tools see the same U-Net, the same N training examples x S fixed (timestep, noise) draws, the same
-Q query images x M fixed draws (kronfluence gets datasets whose items are these draws, "rows"), the
+Q query images x M fixed draws (the first Q training images when all 1797 digits are used for training; kronfluence gets datasets whose items are these draws, "rows"), the
 same loss (pixel-mean squared error, summed over rows for kronfluence), the same curvature type (K-FAC,
 expand; MC Fisher with targets ``f + sqrt(D/2) xi``, or the empirical Fisher) and the same damping.
 Stages, each repeated and interleaved with the other tool's (best of ``--repeats``):
@@ -133,9 +133,10 @@ def main() -> None:
     unet = unet.to(device)
     schedule, modules = DiffusionSchedule(1000).to(device), select_kfac_modules(unet)
     total = num_examples + args.num_queries
-    images = digits_images(total) if digits else random_images(total, shape)
+    images = digits_images(min(total, 1797)) if digits else random_images(total, shape)
+    query_images = images[num_examples:] if len(images) == total else images[: args.num_queries]  # digits: 1797
     train = batches_with_draws(images[:num_examples].to(device), per_batch, args.num_draws, "train")
-    query = batches_with_draws(images[num_examples:].to(device), args.num_queries, args.query_draws, "query")[0]
+    query = batches_with_draws(query_images.to(device), args.num_queries, args.query_draws, "query")[0]
     train_rows = RowDataset(torch.cat([b.images for b in train]), torch.cat([b.timesteps for b in train]),
                             torch.cat([b.noise for b in train]))
     query_rows = RowDataset(query.images, query.timesteps, query.noise)

@@ -1,6 +1,6 @@
 """The convolution kernels behind K-FAC's A and the per-example gradients, against unfolded patches.
 
-Every form (per-pixel and grouped Gram; grouped-conv and unfolded per-group gradients) is checked on
+Every form (per-pixel, grouped and FFT Gram; grouped-conv and unfolded per-group gradients) is checked on
 a grid of geometries (kernel, stride, padding, dilation, image size, bias), including the border
 cases the shortcuts rely on, and the layer-wise scores against the flat-gradient scores.
 """
@@ -23,6 +23,7 @@ from lit_attr.curvature import num_kfac_parameters, select_kfac_modules
 from lit_attr.curvature.capture import expanded_inputs, grouped_gradients
 from lit_attr.curvature.conv_gram import ConvPlan, conv_patch_gram, conv_plan_for
 from lit_attr.curvature.conv_grads import grouped_conv_gradients, unfolded_group_gradients
+from lit_attr.curvature.spectral import lag_sums
 from lit_attr.diffusion.schedule import DiffusionSchedule
 from tests.cases import tiny_unet
 
@@ -46,19 +47,32 @@ def test_patch_gram_forms_equal_unfolded(geometry):
     module, x, _ = _conv_rows(*geometry)
     patches = expanded_inputs(module, x, append_ones=False)
     expected = torch.einsum("rpi,rpj->ij", patches, patches)
-    for per_pixel in (True, False):
-        torch.testing.assert_close(conv_patch_gram(module, x, per_pixel=per_pixel), expected, rtol=1e-12, atol=1e-12)
+    for form in ("per_pixel", "grouped", "spectral"):
+        torch.testing.assert_close(conv_patch_gram(module, x, form=form), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_grouped_form_uses_full_range_on_large_maps():
-    """On a 12 x 12 map with stride 1 most pixels are interior: the full-range GEMM form is exercised."""
-    module, x, _ = _conv_rows(3, 1, 1, 1, 12)
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_full_range_and_spectral_forms_on_large_maps(dilation):
+    """On a 12 x 12 map with stride 1 most pixels are interior: the full-range and FFT forms run."""
+    module, x, _ = _conv_rows(3, 1, dilation, dilation, 12)
     plan = conv_plan_for(module, x)
-    assert isinstance(plan, ConvPlan) and any(d.from_full for d in plan.displacements)
-    assert not all(d.from_full for d in _conv_plan(3, 2, 1, 12).displacements)  # strided: direct form
+    assert isinstance(plan, ConvPlan) and plan.spectral and any(d.from_full for d in plan.displacements)
+    assert not _conv_plan(3, 2, 1, 12).spectral  # strided: direct form
     patches = expanded_inputs(module, x, append_ones=False)
-    torch.testing.assert_close(conv_patch_gram(module, x, per_pixel=False),
-                               torch.einsum("rpi,rpj->ij", patches, patches), rtol=1e-12, atol=1e-12)
+    expected = torch.einsum("rpi,rpj->ij", patches, patches)
+    for form in ("grouped", "spectral"):
+        torch.testing.assert_close(conv_patch_gram(module, x, form=form), expected, rtol=1e-12, atol=1e-12)
+    single = conv_patch_gram(module.float(), x.float(), form="spectral")  # float32 FFT rounding
+    torch.testing.assert_close(single.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_spectral_lag_sums_equal_direct_sums():
+    x = torch.randn(3, 4, 7, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lags = [(0, 0), (0, 1), (1, -2), (2, 2), (3, -1)]
+    for (dy, dx), got in zip(lags, lag_sums(x, lags)):
+        want = sum(x[:, :, y, c].T @ x[:, :, y + dy, c + dx] for y in range(7) for c in range(6)
+                   if 0 <= y + dy < 7 and 0 <= c + dx < 6)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def _conv_plan(kernel, stride, padding, size):
