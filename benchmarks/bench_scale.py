@@ -64,6 +64,7 @@ def hours(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="cifar10", choices=["cifar10", "u32"], help="u32: a quick smoke run")
     parser.add_argument("--num-examples", type=int, default=256)
     parser.add_argument("--num-draws", type=int, default=2, help="S per training example")
     parser.add_argument("--curvature-draws", type=int, default=1)
@@ -79,14 +80,14 @@ def main() -> None:
     args = parser.parse_args()
     device = configure(args.device, args.threads)
     print(machine_line())
-    unet, shape = build_preset("cifar10")
+    unet, shape = build_preset(args.model)
     unet = unet.to(device)
     schedule, modules = DiffusionSchedule(1000).to(device), select_kfac_modules(unet)
     num_params = sum(out * cols for out, cols in gradient_shapes(modules).values())
     with tempfile.TemporaryDirectory() as folder:
         dataset = load_cifar10_dataset(write_random_cifar10(Path(folder) / "cifar-10-batches-py", args.num_examples))
         images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    print(f"cifar10 U-Net: {num_parameters(unet):,} parameters ({num_params:,} in {len(modules)} K-FAC layers); "
+    print(f"{args.model} U-Net: {num_parameters(unet):,} parameters ({num_params:,} in {len(modules)} K-FAC layers); "
           f"{len(images)} random CIFAR-format images; S = {args.num_draws}, curvature S = {args.curvature_draws}, "
           f"{args.num_queries} queries x {args.query_draws} draws; batches of {args.examples_per_batch} examples")
 

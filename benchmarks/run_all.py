@@ -26,8 +26,8 @@ QUICK = {
     "bench_gradients.py": ["--num-examples", "32", "--examples-per-batch", "16", "--repeats", "1"],
     "bench_queries.py": ["--num-examples", "64", "--num-draws", "4", "--repeats", "1", "--many", "100"],
     "compare_kronfluence.py": ["--num-examples", "32", "--repeats", "1"],
-    "bench_scale.py": ["--num-examples", "8", "--num-draws", "1", "--examples-per-batch", "4", "--num-queries", "2",
-                       "--query-draws", "2", "--ratio-batches", "1"],
+    "bench_scale.py": ["--model", "u32", "--num-examples", "8", "--num-draws", "1", "--examples-per-batch", "4",
+                       "--num-queries", "2", "--query-draws", "2", "--ratio-batches", "1"],
 }
 
 
