@@ -27,10 +27,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lit_attr.attribution.quantize import CompressedRows, apply_scales, unscaled_block_scores
-from lit_attr.curvature.capture import LayerCapture, grad_enabled, grouped_gradients
+from lit_attr.attribution.quantize import CompressedRows, apply_scales, unscaled_block_scores, unscaled_columns
+from lit_attr.curvature.capture import LayerCapture, grad_enabled, grouped_gradients, grouped_scores
+from lit_attr.curvature.layers import gradient_matrix_shape
 from lit_attr.diffusion.loss import EpsModel, expand_draws, loss_per_draw
 from lit_attr.diffusion.schedule import DiffusionSchedule
+
+LAYER_QUERY_ELEMENTS = 2**26
+"""A layer's query columns are converted to float32 at once up to this many values (256 MiB)."""
 
 
 def captured_layer_rows(
@@ -91,19 +95,24 @@ def per_example_scores(
 
     ``score[b, q] = sum_layers <grad_b^l, v_q^l>`` with ``v_q`` the (compressed) preconditioned query
     gradient flattened in ``flatten_gradients`` order. The same numbers as
-    ``score_against(queries, flatten_gradients(per_example_gradients(...)))``, but only one layer's
-    (B, out, in+1) gradients exist at a time, never the (B, num_params) matrix.
+    ``score_against(queries, flatten_gradients(per_example_gradients(...)))``, but at most one layer's
+    (B, out, in+1) gradients exist at a time, never the (B, num_params) matrix; convolutions on small
+    maps are contracted chunk by chunk (``lit_attr.curvature.capture.grouped_scores``).
 
     Args are those of ``per_example_gradients``, plus ``queries``: (Q, num_params) compressed rows.
     """
     inputs, grad_outputs = captured_layer_rows(model, modules, row_loss_fn, num_examples * rows_per_example)
     scores, start = None, 0
     for name, module in modules.items():
-        grads = grouped_gradients(module, inputs[name], grad_outputs[name], rows_per_example).flatten(1)
-        block = unscaled_block_scores(queries, grads, start)
-        scores = block if scores is None else scores.add_(block)
-        start += grads.shape[1]
-        del grads
+        out, cols = gradient_matrix_shape(module)
+        if out * cols * queries.shape[0] <= LAYER_QUERY_ELEMENTS:  # the layer's queries in float32 at once
+            block = unscaled_columns(queries, start, out * cols).view(-1, out, cols)
+            part = grouped_scores(module, inputs[name], grad_outputs[name], rows_per_example, block).float()
+        else:  # chunked conversion of the queries' columns (bounded memory)
+            grads = grouped_gradients(module, inputs[name], grad_outputs[name], rows_per_example).flatten(1)
+            part = unscaled_block_scores(queries, grads, start)
+        scores = part if scores is None else scores.add_(part)
+        start += out * cols
     if start != queries.shape[1]:
         raise ValueError(f"The layers have {start} parameters but the queries D={queries.shape[1]}.")
     return apply_scales(queries, scores)

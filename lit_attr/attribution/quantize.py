@@ -101,9 +101,13 @@ def unscaled_block_scores(compressed: CompressedRows, block: Tensor, start: int,
     with torch.autocast(device_type=train.device.type, enabled=False):  # float32 under bf16-mixed
         for offset in range(0, train.shape[1], chunk_size):
             stop = min(offset + chunk_size, train.shape[1])
-            queries = compressed.values[:, start + offset : start + stop].to(train)
-            scores.addmm_(train[:, offset:stop], queries.T)
+            scores.addmm_(train[:, offset:stop], unscaled_columns(compressed, start + offset, stop - offset).T)
     return scores
+
+
+def unscaled_columns(compressed: CompressedRows, start: int, size: int) -> Tensor:
+    """Columns ``start ... start + size - 1`` of the stored rows in float32, without the int8 scales: (Q, size)."""
+    return compressed.values[:, start : start + size].float()
 
 
 def apply_scales(compressed: CompressedRows, scores: Tensor) -> Tensor:

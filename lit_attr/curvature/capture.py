@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_attr.curvature.conv_grads import conv_group_gradients
+from lit_attr.curvature.conv_grads import conv_group_gradients, unfolded_group_scores, uses_unfolded_kernel
 from lit_attr.curvature.conv_gram import conv_patch_gram, conv_plan_for
 from lit_attr.curvature.layers import conv_padding, has_bias
 from lit_attr.errors import ConfigError, UnsupportedLayerError
@@ -276,3 +276,23 @@ def grouped_gradients(module: nn.Module, x: Tensor, g: Tensor, group_size: int =
             a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
             weight, bias = torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1)
     return torch.cat([weight, bias.unsqueeze(2)], dim=2) if has_bias(module) else weight
+
+
+def grouped_scores(module: nn.Module, x: Tensor, g: Tensor, group_size: int, queries: Tensor) -> Tensor:
+    """``grouped_gradients(module, x, g, group_size).flatten(1) @ queries.T``: (R / group_size, Q).
+
+    ``queries``: (Q, out, in_eff [+1]) float rows in the gradient-matrix layout. Convolutions on small
+    maps contract each chunk of per-group gradients while it is in cache
+    (``conv_grads.unfolded_group_scores``); other layers form the (groups, out, in+1) block first.
+    """
+    x, g = at_least_float32(x), at_least_float32(g)
+    queries = queries.to(x.dtype)
+    with autocast_off(x.device):
+        if not (isinstance(module, nn.Conv2d) and uses_unfolded_kernel(g, group_size)):
+            return grouped_gradients(module, x, g, group_size).flatten(1) @ queries.flatten(1).T
+        weight_columns = queries.shape[2] - int(has_bias(module))
+        scores = unfolded_group_scores(module, x, g, group_size, queries[:, :, :weight_columns])
+        if has_bias(module):
+            bias = g.reshape(x.shape[0] // group_size, group_size, g.shape[1], -1).sum(dim=(1, 3))
+            scores += bias @ queries[:, :, -1].T
+        return scores

@@ -22,8 +22,13 @@ from lit_attr.curvature.layers import conv_padding
 
 IM2COL_MAX_POSITIONS = 128
 """Groups summing over at most this many (row, output position) pairs use the unfolded kernel."""
-IM2COL_CHUNK_ELEMENTS = 2**21
-"""Patch elements unfolded at once (8 MiB in float32)."""
+IM2COL_CHUNK_ELEMENTS = 2**18
+"""Patch elements unfolded at once (1 MiB in float32: a chunk's patches and gradients stay in cache)."""
+
+
+def uses_unfolded_kernel(g: Tensor, group_size: int) -> bool:
+    """Whether groups of ``group_size`` rows with output gradients g (R, out, Ho, Wo) use the unfolded kernel."""
+    return group_size * g.shape[2] * g.shape[3] <= IM2COL_MAX_POSITIONS
 
 
 def conv_group_gradients(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: int) -> Tensor:
@@ -35,7 +40,7 @@ def conv_group_gradients(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: in
         g: gradient w.r.t. its output (R, out, Ho, Wo).
         group_size: rows per group; divides R.
     """
-    if group_size * g.shape[2] * g.shape[3] <= IM2COL_MAX_POSITIONS:
+    if uses_unfolded_kernel(g, group_size):
         return unfolded_group_gradients(module, x, g, group_size)
     return grouped_conv_gradients(module, x, g, group_size)
 
@@ -56,19 +61,44 @@ def grouped_conv_gradients(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: 
 
 def unfolded_group_gradients(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: int) -> Tensor:
     """``conv_group_gradients`` from channels-last patches and one batched matmul per chunk of groups."""
-    rows, channels, height, width = x.shape
+    groups, out, channels = x.shape[0] // group_size, g.shape[1], x.shape[1]
+    result = x.new_empty(groups, out, channels, module.kernel_size[0] * module.kernel_size[1])
+    for start, stop, block in unfolded_group_chunks(module, x, g, group_size):
+        result[start:stop] = block.transpose(2, 3)
+    return result.view(groups, out, -1)
+
+
+def unfolded_group_scores(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: int, queries: Tensor) -> Tensor:
+    """``conv_group_gradients(...).flatten(1) @ queries.T`` chunk by chunk: (groups, Q).
+
+    The gradients of a chunk of groups are contracted while they are in cache and never written
+    out; ``queries`` (Q, out, C_in kh kw) are permuted once to the patches' (tap, channel) order.
+    """
+    out, channels, (kh, kw) = g.shape[1], x.shape[1], module.kernel_size
+    tap_major = queries.reshape(-1, out, channels, kh * kw).transpose(2, 3).reshape(len(queries), -1)
+    scores = x.new_empty(x.shape[0] // group_size, len(queries))
+    for start, stop, block in unfolded_group_chunks(module, x, g, group_size):
+        torch.mm(block.reshape(stop - start, -1), tap_major.T, out=scores[start:stop])
+    return scores
+
+
+def unfolded_group_chunks(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: int, elements: int | None = None):
+    """Yield ``(start, stop, block)``: the gradients of groups [start, stop) as (groups, out, kh kw, C_in).
+
+    Each chunk unfolds its rows' patches channels-last (``channels_last_patches``) and contracts them
+    with the output gradients in one batched matmul, ``(out, S P) @ (S P, kh kw C)`` per group.
+    """
+    rows, channels = x.shape[:2]
     groups, out, (kh, kw) = rows // group_size, g.shape[1], module.kernel_size
     out_h, out_w = g.shape[2:]
     positions = group_size * out_h * out_w
     grads = g.reshape(groups, group_size, out, out_h * out_w).transpose(1, 2).reshape(groups, out, positions)
-    result = x.new_empty(groups, out, channels, kh * kw)
-    chunk = max(1, IM2COL_CHUNK_ELEMENTS // (positions * channels * kh * kw))
+    chunk = max(1, (elements or IM2COL_CHUNK_ELEMENTS) // (positions * channels * kh * kw))
     for start in range(0, groups, chunk):
         stop = min(start + chunk, groups)
         patches = channels_last_patches(module, x[start * group_size : stop * group_size], out_h, out_w)
         block = torch.bmm(grads[start:stop], patches.reshape(stop - start, positions, kh * kw * channels))
-        result[start:stop] = block.view(stop - start, out, kh * kw, channels).transpose(2, 3)
-    return result.view(groups, out, -1)
+        yield start, stop, block.view(stop - start, out, kh * kw, channels)
 
 
 def channels_last_patches(module: nn.Conv2d, x: Tensor, out_h: int, out_w: int) -> Tensor:
