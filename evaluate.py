@@ -4,28 +4,32 @@
     python evaluate.py retrain --config configs/lds/digits.yaml --start 0 --count 16   # one share of the models
     python evaluate.py report --config configs/lds/digits.yaml       # tables and plots from what is done
 
-Rerun any command to resume: finished models and scores are skipped.
+Rerun any command to resume: finished models and scores are skipped. Errors are one ``error:`` line
+with the fix (``--debug`` shows the traceback; ``docs/errors.md``).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from lit_attr.cli_errors import OneLineArgumentParser, run_cli
+from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig
 
 
 def _benchmark_parser(description: str) -> ArgumentParser:
-    parser = ArgumentParser(description=description)
+    parser = OneLineArgumentParser(description=description)
     parser.add_argument("--config", action=ActionConfigFile, help="Benchmark YAML (configs/lds/*.yaml).")
     parser.add_class_arguments(BenchmarkConfig, nested_key=None, as_group=False)
     return parser
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.splitlines()[0], env_prefix="LIT_ATTR")
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0], env_prefix="LIT_ATTR")
     commands = parser.add_subcommands(dest="command")
     commands.add_subcommand("run", _benchmark_parser("All stages: full model, subsets, retraining, scoring, report."))
     retrain = _benchmark_parser("Train and measure a share of the models (for several processes or cluster jobs).")
@@ -63,18 +67,12 @@ def _quiet_lightning() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lit_attr.errors import LitAttrError
-
     _quiet_lightning()
     parser = build_parser()
     args = parser.parse_args(argv)
     sub = args[args.command]
-    try:
-        config = benchmark_config(parser.instantiate(args)[args.command])
-        return COMMANDS[args.command](config, sub, subparser(parser, args.command))
-    except LitAttrError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = benchmark_config(parser.instantiate(args)[args.command])
+    return COMMANDS[args.command](config, sub, subparser(parser, args.command))
 
 
 def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
@@ -101,11 +99,10 @@ def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
 def retrain(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     from lit_attr.evaluation.campaign import Benchmark
 
+    _check_share(args)
     bench = Benchmark(config)
     if not (bench.root / "full" / "done.json").exists():
-        print("error: the full model is not trained yet; run `evaluate.py run` first (or its full-model stage).",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("the full model is not trained yet; run `evaluate.py run` first (or its full-model stage).")
     bench.write_subsets()
     jobs = bench.lds_jobs() if args.stage == "lds" else bench.removal_jobs()
     jobs = jobs[args.start:] if args.count is None else jobs[args.start:args.start + args.count]
@@ -114,9 +111,22 @@ def retrain(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     return 0
 
 
+def _check_share(args) -> None:
+    """Refuse an impossible share of the models (``--num_workers 0`` once gave ``slice step cannot be zero``)."""
+    if args.num_workers < 1:
+        raise ConfigError(f"--num_workers must be >= 1, got {args.num_workers}.")
+    if not 0 <= args.worker < args.num_workers:
+        raise ConfigError(f"--worker must be in [0, --num_workers - 1] = [0, {args.num_workers - 1}], got {args.worker}.")
+    if args.start < 0 or (args.count is not None and args.count < 0):
+        raise ConfigError(f"--start and --count must be >= 0, got {args.start} and {args.count}.")
+
+
 def report(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     from lit_attr.evaluation.campaign import Benchmark
 
+    if not (Path(config.root) / "full" / "done.json").exists():
+        raise ConfigError(f"no finished benchmark stage under --root {config.root} (no full/done.json); run "
+                          "`python evaluate.py run --config <the same config>` first, or pass the --root of that run.")
     paths = _write_report(Benchmark(config))
     print("results: " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -136,4 +146,4 @@ def _write_report(bench) -> dict:
 COMMANDS = {"run": run, "retrain": retrain, "report": report}
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

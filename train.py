@@ -1,13 +1,18 @@
-"""Train a DDPM: ``python train.py fit --config configs/digits.yaml`` (LightningCLI)."""
+"""Train a DDPM: ``python train.py fit --config configs/digits.yaml`` (LightningCLI); a config may name another
+model, e.g. ``configs/vae_digits.yaml`` trains the autoencoder of a latent DDPM.
 
-from lit_attr.cli import LitAttrCLI
-from lit_attr.data.datamodules import DiffusionDataModule
-from lit_attr.ddpm_module import DDPMModule
+Errors are one ``error:`` line with the fix (``--debug`` shows the traceback; ``docs/errors.md``).
+"""
+
+import sys
+
+from lit_attr.cli import train_cli
+from lit_attr.cli_errors import run_cli
 
 
-def main() -> None:
-    LitAttrCLI(DDPMModule, DiffusionDataModule, save_config_kwargs={"overwrite": True})
+def main(args: list[str] | None = None) -> None:
+    train_cli(args=args, save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

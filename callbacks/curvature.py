@@ -28,6 +28,7 @@ from lit_attr.curvature.kfac import (
     FisherType,
     KFACAccumulator,
     KFACApprox,
+    REFIT_FIX,
     KFACFactors,
     factors_exist,
     iterate_ddpm_batches,
@@ -37,9 +38,10 @@ from lit_attr.curvature.kfac import (
 from lit_attr.curvature.layers import select_kfac_modules
 from lit_attr.diffusion.draws import DrawScheme
 from lit_attr.diffusion.loss import unet_eps_model
-from lit_attr.errors import ConfigError
+from lit_attr.errors import ConfigError, NumericalError
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
 from lit_attr.storage import metadata_differences
+from lit_attr.validation import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class KFACCallback(L.Callback):
             expectation over the data and timesteps, and S draws shared by every example would fit the
             GGN on only S timesteps and noises.
         factors_path: where to save/load the factors (None: ``<output_dir>/factors/kfac.safetensors``
-            for attribution, ``<log_dir>/factors/kfac.safetensors`` after fit).
+            for attribution, ``<default_root_dir>/factors/kfac.safetensors`` after fit).
         fit_after_training: run the pass at the end of ``fit``.
         progressbar: show progress of the pass on rank 0.
     """
@@ -94,7 +96,7 @@ class KFACCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fit_after_training:
             return
-        path = Path(self.factors_path or Path(trainer.log_dir or trainer.default_root_dir) / "factors" / "kfac.safetensors")
+        path = Path(self.factors_path or Path(trainer.default_root_dir) / "factors" / "kfac.safetensors")
         unet = pl_module.attribution_unet
         metadata = self.settings(seed=self.resolved_seed(pl_module), scheme=self.resolved_scheme(pl_module))
         metadata.update(model_hash=model_hash(unet), data=dataset_fingerprint(trainer.train_dataloader.dataset))
@@ -107,7 +109,7 @@ class KFACCallback(L.Callback):
         metadata = {**self.settings(seed=self.resolved_seed(pl_module), scheme=self.resolved_scheme(pl_module)),
                     **pl_module.curvature_identity()}
         path = Path(self.factors_path or pl_module.default_factors_path)
-        eigen = self.load(path, metadata)
+        eigen = None if getattr(pl_module, "overwrite", False) else self.load(path, metadata)  # overwrite: refit
         if eigen is None:
             loader = trainer.datamodule.curvature_dataloader()
             eigen = self.fit(trainer, unet, pl_module.ddpm.schedule, loader, metadata, path)
@@ -131,7 +133,12 @@ class KFACCallback(L.Callback):
         return DrawScheme(getattr(pl_module, "draw_scheme", DrawScheme.INDEPENDENT)).for_curvature()
 
     def load(self, path: Path, metadata: dict[str, Any]) -> KFACEigen | None:
-        """The stored curvature if it was made with ``metadata``; None if absent or different."""
+        """The stored curvature if it was made with ``metadata``; None if absent or different.
+
+        Raises:
+            DamagedOutputError: the file is unreadable or fails its checksum.
+            NumericalError: the factors hold NaN/Inf or cannot be eigendecomposed (naming the file and layer).
+        """
         if not factors_exist(path):
             return None
         factors = load_factors(path)
@@ -139,7 +146,10 @@ class KFACCallback(L.Callback):
         if differences:
             log.warning("Refitting the curvature: %s was made with other settings (%s).", path, sorted(differences))
             return None
-        eigen = eigendecompose_factors(factors)
+        try:
+            eigen = eigendecompose_factors(factors)
+        except NumericalError as error:
+            raise NumericalError(f"K-FAC factors {path}: {error}; {REFIT_FIX}") from None
         corrected_path = _corrected_path(path)
         if self.eigenvalue_correction:
             if not corrected_path.exists():
@@ -147,6 +157,7 @@ class KFACCallback(L.Callback):
             corrected = load_file(str(corrected_path))
             for name, layer in eigen.layers.items():
                 layer.corrected = corrected[name].to(layer.lamA.dtype)
+            _check_corrected(eigen, f"EK-FAC eigenvalues {corrected_path}", REFIT_FIX)
         log.info("Loaded K-FAC curvature from %s", path)
         return eigen
 
@@ -173,6 +184,7 @@ class KFACCallback(L.Callback):
                                      progress, "EK-FAC eigenvalues")
             _all_reduce(trainer, corrector.state_tensors())
             eigen = corrector.finalize()
+            _check_corrected(eigen, "EK-FAC eigenvalue pass", "a training image or the model's output is not finite")
         unet.train(was_training)
         elapsed = time.perf_counter() - start
         if trainer.is_global_zero:
@@ -187,6 +199,10 @@ class KFACCallback(L.Callback):
             corrected = {name: layer.corrected.contiguous().cpu() for name, layer in eigen.layers.items()}
             save_file(corrected, str(_corrected_path(path)))
         save_factors(path, factors, metadata)  # written last: its presence means the curvature is complete
+
+
+def _check_corrected(eigen: KFACEigen, stage: str, cause: str) -> None:
+    check_finite({name: layer.corrected for name, layer in eigen.layers.items()}, stage, cause)
 
 
 def _corrected_path(path: Path) -> Path:

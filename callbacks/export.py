@@ -9,11 +9,17 @@ import lightning as L
 from lit_attr.pipeline_io import export_pipeline
 
 
+DEFAULT_FOLDER = "pipeline"
+"""Sub-folder of the run folder that receives the export unless the module names another (``EXPORT_FOLDER``)."""
+
+
 class ExportPipelineCallback(L.Callback):
-    """Write a diffusers ``DDPMPipeline`` folder (unet/ + scheduler/) at the end of ``fit``.
+    """Write a diffusers pipeline folder at the end of ``fit``: ``DDPMPipeline`` (unet/ + scheduler/), for a latent
+    DDPM an ``LDMPipeline`` (+ vqvae/, the AutoencoderKL); for a ``VAEModule`` the VAE folder itself.
 
     Args:
-        dirpath: the folder (None: ``<log dir>/pipeline``).
+        dirpath: the folder (None: ``<trainer.default_root_dir>/pipeline`` in the run folder; a module's
+            ``EXPORT_FOLDER`` replaces ``pipeline``, e.g. ``vae`` for a ``VAEModule``).
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
@@ -21,6 +27,10 @@ class ExportPipelineCallback(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            target = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "pipeline"
-            path = export_pipeline(pl_module, target)
-            print(f"Exported diffusers pipeline to {path}")
+            folder = getattr(pl_module, "EXPORT_FOLDER", DEFAULT_FOLDER)
+            target = self.dirpath or Path(trainer.default_root_dir) / folder
+            if hasattr(pl_module, "export"):  # VAEModule: calibrates its latent scaling on the training data first
+                path = pl_module.export(target, trainer.train_dataloader.dataset)
+            else:
+                path = export_pipeline(pl_module, target)
+            print(f"Exported diffusers model to {path}")

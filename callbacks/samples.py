@@ -19,7 +19,7 @@ class SampleGridCallback(L.Callback):
         final_num_sampling_steps: sampler steps for the final grid (None: the full T-step sampler).
         seed: sampling seed (sample i always gets the same noise).
         filename: PNG written at the end of training.
-        dirpath: folder of that PNG (None: the logger's log dir, else ``default_root_dir``).
+        dirpath: folder of that PNG (None: ``trainer.default_root_dir``, the run folder).
     """
 
     def __init__(
@@ -45,13 +45,14 @@ class SampleGridCallback(L.Callback):
         if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
             return
         result = pl_module.generate(self.num_samples, seed=self.seed, num_steps=self.num_sampling_steps)
-        log_grid(trainer.logger, "samples", result.images, step)
+        log_grid(trainer.logger, "samples", pl_module.to_pixels(result.images), step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         result = pl_module.generate(self.num_samples, seed=self.seed, num_steps=self.final_num_sampling_steps)
-        log_grid(trainer.logger, "samples_final", result.images, trainer.global_step)
-        out_dir = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
-        path = save_grid(result.images, out_dir / self.filename)
+        images = pl_module.to_pixels(result.images)  # decoded, for a latent model
+        log_grid(trainer.logger, "samples_final", images, trainer.global_step)
+        out_dir = Path(self.dirpath or trainer.default_root_dir)
+        path = save_grid(images, out_dir / self.filename)
         print(f"Wrote {self.num_samples} samples to {path}")

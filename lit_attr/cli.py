@@ -1,21 +1,134 @@
-"""LightningCLIs of lit-attr: ``LitAttrCLI`` (train.py) and ``AttributeCLI`` (attribute.py)."""
+"""LightningCLIs of lit-attr: ``LitAttrCLI`` (train.py) and ``AttributeCLI`` (attribute.py).
+
+Both print argument errors as one line (``lit_attr.cli_errors``). ``LitAttrCLI`` also makes every
+output of a training run follow the run folder ``--trainer.default_root_dir`` unless a callback
+sets its own ``dirpath`` (checkpoints in ``<run>/checkpoints``; samples and the pipeline export
+default to the run folder in their callbacks), and checks ``--ckpt_path`` before any work: the file
+must be a lit-attr Lightning checkpoint of the configured architecture (it never silently replaces
+the configured model), and ``--ckpt_path last`` must find a checkpoint.
+"""
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_attr.checkpoints import check_resume
+from lit_attr.cli_errors import OneLineLightningArgumentParser
+from lit_attr.errors import CheckpointError, ConfigError, LitAttrError
+from lit_attr.validation import check_output_folder
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+"""``--ckpt_path`` values that Lightning resolves itself (not file paths)."""
+
+
+DEFAULT_MODEL = "lit_attr.ddpm_module.DDPMModule"
+"""The model of a training config that names no ``model.class_path`` (train.py)."""
+
 
 class LitAttrCLI(LightningCLI):
-    """Training CLI: links the image shape of the data module into the model once."""
+    """Training CLI (subcommand ``fit``): links the image shape of the data module into the model once.
+
+    In subclass mode (``train.py``, ``train_cli``) a config may name any LightningModule with an
+    ``image_shape`` argument as ``model.class_path`` (e.g. ``lit_attr.latent.vae_module.VAEModule``);
+    without one it trains a ``DDPMModule`` from ``model.init_args.*`` (``--model.*`` flags work as before).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", OneLineLightningArgumentParser)
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Only ``fit``: ``DDPMModule`` has no validation, test or predict step (and each subcommand's
+        parser costs a second to build)."""
+        return {"fit": LightningCLI.subcommands()["fit"]}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        if self.subclass_mode_model:
+            parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
+        target = "model.init_args.image_shape" if self.subclass_mode_model else "model.image_shape"
+        parser.link_arguments("data.image_shape", target, apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; a model's own refusal (a ``LitAttrError``) is raised as itself, not inside the union
+        error jsonargparse wraps it in under subclass mode (so ``--debug`` shows the refusal's traceback)."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause = error.__cause__
+            while cause is not None and not isinstance(cause, LitAttrError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` (readable Lightning checkpoint, same architecture) before building anything.
+
+        Replaces LightningCLI's behaviour of loading the model's hyperparameters from the checkpoint,
+        which silently swapped the configured U-Net for the checkpoint's. In subclass mode the checkpoint
+        must be of the model class the config names (a VAE checkpoint never resumes a DDPM config, nor
+        the reverse).
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or str(ckpt_path) in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry"):
+            return
+        model = self.config[subcommand].model
+        if self.subclass_mode_model:
+            module_name, _, class_name = model.class_path.rpartition(".")
+            model_class = getattr(importlib.import_module(module_name), class_name)
+            configured = model.init_args.as_dict() if model.get("init_args") else {}
+        else:
+            model_class, configured = self.model_class, model.as_dict()
+        check_resume(ckpt_path, model_class, configured)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with checkpoints in ``<default_root_dir>/checkpoints`` unless a dirpath is set."""
+        trainer = super().instantiate_trainer(**kwargs)
+        run_dir = check_output_folder(trainer.default_root_dir, "--trainer.default_root_dir")
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(run_dir / "checkpoints")
+            if getattr(callback, "dirpath", None) is not None:
+                check_output_folder(callback.dirpath, f"{type(callback).__name__} dirpath")
+        return trainer
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` must find a checkpoint (Lightning would train from scratch with a warning)."""
+        if self.config[self.subcommand].get("ckpt_path") != "last":
+            return
+        folders = [Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        if not folders:
+            raise ConfigError("--ckpt_path last needs checkpointing: list a ModelCheckpoint in trainer.callbacks "
+                              "(and keep trainer.enable_checkpointing true).")
+        if not any(_last_checkpoints(folder) for folder in folders):
+            raise CheckpointError(f"--ckpt_path last: no last*.ckpt in {', '.join(map(str, folders))}; drop --ckpt_path "
+                                  "to start a new run, or pass the --trainer.default_root_dir of the run to resume.")
+
+
+def train_cli(args: list[str] | None = None, **kwargs: Any) -> LitAttrCLI:
+    """``train.py``'s CLI: a DDPMModule by default, or the LightningModule a config names."""
+    from lightning.pytorch import LightningModule
+
+    from lit_attr.data.datamodules import DiffusionDataModule
+
+    return LitAttrCLI(LightningModule, DiffusionDataModule, subclass_mode_model=True, args=args, **kwargs)
+
+
+def _last_checkpoints(folder: Path) -> list[Path]:
+    """``last.ckpt`` / ``last-v1.ckpt`` files of a checkpoint folder (what Lightning resumes from)."""
+    name, suffix = ModelCheckpoint.CHECKPOINT_NAME_LAST, ModelCheckpoint.FILE_EXTENSION
+    return sorted(folder.glob(f"{name}*{suffix}")) if folder.is_dir() else []
 
 
 class AttributeCLI(LightningCLI):
@@ -25,6 +138,7 @@ class AttributeCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", {"inference_mode": False})
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_class", OneLineLightningArgumentParser)
         super().__init__(*args, run=False, **kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -33,7 +147,7 @@ class AttributeCLI(LightningCLI):
 
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.predict_loop.inference_mode:
-            raise ValueError("attribute.py needs autograd: set trainer.inference_mode: false (the default here).")
+            raise ConfigError("attribute.py needs autograd: set trainer.inference_mode: false (the default here).")
         for kind in (KFACCallback, ScoreWriter):
             if not any(isinstance(cb, kind) for cb in trainer.callbacks):
                 trainer.callbacks.append(kind())

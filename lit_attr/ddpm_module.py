@@ -3,6 +3,11 @@
 AdamW with linear warm-up then cosine decay, EMA weights (used for sampling and attribution),
 train loss and loss per timestep bucket logged to TensorBoard. Gradient clipping is a Trainer
 flag (``--trainer.gradient_clip_val 1.0``), as usual in Lightning.
+
+Guards: non-finite or out-of-range hyperparameters are refused at construction; a NaN/Inf loss
+stops training at that step, naming the first non-finite layer. Checkpoints carry the global
+random states (``lit_attr.checkpoints``) and refuse to load into another architecture, so
+``--ckpt_path`` resumes bit-identically to an uninterrupted run (single process).
 """
 
 from __future__ import annotations
@@ -10,17 +15,23 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import lightning as L
 import torch
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
 from torch import Tensor
 
+from lit_attr.checkpoints import RNG_STATES_KEY, capture_rng_states, check_same_architecture, restore_rng_states
 from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
 from lit_attr.diffusion.sampling import SamplingResult, sample
 from lit_attr.diffusion.schedule import DiffusionSchedule
-from lit_attr.diffusion.unet import UNetConfig, build_unet
+from lit_attr.diffusion.unet import UNetConfig, build_unet, plain_config
+from lit_attr.errors import ConfigError, NumericalError
+from lit_attr.latent import autoencoder
+from lit_attr.latent.cache import LatentDataset, load_or_encode_latents
+from lit_attr.validation import first_non_finite, integer, number
 
 
 @dataclass
@@ -37,15 +48,23 @@ class OptimizerConfig:
     """Fraction of the total steps spent in linear warm-up; cosine decay to 0 afterwards."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"--model.optimizer.warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
-        if self.lr <= 0:
-            raise ValueError(f"--model.optimizer.lr must be positive, got {self.lr}.")
+        self.lr = number(self.lr, "--model.optimizer.lr", low=0.0, low_open=True)
+        self.weight_decay = number(self.weight_decay, "--model.optimizer.weight_decay", low=0.0)
+        self.warmup_fraction = number(self.warmup_fraction, "--model.optimizer.warmup_fraction", 0.0, 1.0,
+                                      high_open=True)
+        if len(self.betas) != 2:
+            raise ConfigError(f"--model.optimizer.betas must be two numbers in [0, 1), got {self.betas!r}.")
+        self.betas = tuple(number(b, "--model.optimizer.betas entries", 0.0, 1.0, high_open=True) for b in self.betas)
+
+
+BETA_ENDPOINT_SCHEDULES = ("linear", "scaled_linear", "sigmoid")
+"""Beta schedules that go from beta_start to beta_end (the others ignore both)."""
 
 
 @dataclass
 class DiffusionConfig:
-    """The forward process (Ho et al.: linear betas 1e-4..0.02, T = 1000)."""
+    """The forward process and parameterisation (Ho et al.: linear betas 1e-4..0.02, T = 1000, epsilon);
+    diffusers' ``DDPMScheduler`` settings of the same names."""
 
     num_timesteps: int = 1000
     """T, number of diffusion steps."""
@@ -53,6 +72,36 @@ class DiffusionConfig:
     """First beta."""
     beta_end: float = 0.02
     """Last beta."""
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid"] = "linear"
+    """How the betas go from beta_start to beta_end (diffusers' names)."""
+    trained_betas: list[float] | None = None
+    """Explicit betas (length num_timesteps); override beta_schedule."""
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    """What the U-Net predicts; the loss is the error of that target."""
+    variance_type: Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"] = "fixed_small"
+    """Reverse-process variance used by the sampler, the ELBO and the trajectory measurement."""
+    clip_sample: bool = False
+    """The sampler clamps its x0 prediction to [-clip_sample_range, clip_sample_range]."""
+    clip_sample_range: float = 1.0
+    """Bound of clip_sample."""
+
+    def __post_init__(self) -> None:
+        """Refuse non-finite or out-of-range settings; beta_start/beta_end only where the schedule uses them."""
+        integer(self.num_timesteps, "--model.diffusion.num_timesteps", low=2)
+        self.clip_sample_range = number(self.clip_sample_range, "--model.diffusion.clip_sample_range", low=0.0,
+                                        low_open=True)
+        if self.trained_betas is not None or self.beta_schedule not in BETA_ENDPOINT_SCHEDULES:
+            return
+        self.beta_start = number(self.beta_start, "--model.diffusion.beta_start", 0.0, 1.0, low_open=True,
+                                 high_open=True)
+        self.beta_end = number(self.beta_end, "--model.diffusion.beta_end", 0.0, 1.0, low_open=True, high_open=True)
+        if self.beta_end < self.beta_start:
+            raise ConfigError(f"--model.diffusion.beta_end ({self.beta_end}) must be >= --model.diffusion.beta_start "
+                              f"({self.beta_start}); the {self.beta_schedule} schedule increases.")
+
+    def build(self) -> DiffusionSchedule:
+        """The ``DiffusionSchedule`` of these settings."""
+        return DiffusionSchedule(**asdict(self))
 
 
 ConfigT = TypeVar("ConfigT")
@@ -84,6 +133,11 @@ class DDPMModule(L.LightningModule):
         optimizer: AdamW and LR schedule.
         ema_decay: EMA decay of the weights used for sampling and attribution (0 disables EMA).
         loss_buckets: number of timestep buckets for the logged per-bucket loss (0: not logged).
+        diffusers_unet_config: the complete diffusers ``UNet2DModel`` config of an imported pipeline (set by
+            ``lit_attr.pipeline_io.import_pipeline``); replaces ``unet`` so that every setting is kept.
+        vae: a local diffusers ``AutoencoderKL`` folder: the DDPM is trained on its latents (frozen VAE;
+            ``lit_attr.latent``). ``image_shape`` stays the data's; the U-Net gets the latent shape.
+        vae_config: the VAE's config (set automatically, so that a checkpoint rebuilds the VAE without the folder).
     """
 
     def __init__(
@@ -94,24 +148,78 @@ class DDPMModule(L.LightningModule):
         optimizer: OptimizerConfig | dict | None = None,
         ema_decay: float = 0.999,
         loss_buckets: int = 10,
+        diffusers_unet_config: dict[str, Any] | None = None,
+        vae: str | None = None,
+        vae_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         unet, diffusion = as_config(unet, UNetConfig), as_config(diffusion, DiffusionConfig)
         optimizer = as_config(optimizer, OptimizerConfig)
-        if loss_buckets < 0:
-            raise ValueError(f"--model.loss_buckets must be >= 0 (0 disables the per-timestep loss), got {loss_buckets}.")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"--model.ema_decay must be in [0, 1), got {ema_decay}.")
+        integer(loss_buckets, "--model.loss_buckets (0 disables the per-timestep loss)", low=0)
+        ema_decay = number(ema_decay, "--model.ema_decay", 0.0, 1.0, high_open=True)
+        self.vae: AutoencoderKL | None = None
+        if vae_config is not None or vae is not None:
+            self.vae = (autoencoder.freeze(AutoencoderKL.from_config(vae_config)) if vae_config
+                        else autoencoder.load_vae(vae))
+            vae_config = plain_config(self.vae.config)
         # Plain dicts, so that checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({"image_shape": list(image_shape), "unet": asdict(unet), "diffusion": asdict(diffusion),
-                                   "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets})
+                                   "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets,
+                                   "diffusers_unet_config": diffusers_unet_config, "vae": vae, "vae_config": vae_config})
         self.image_shape = tuple(image_shape)
+        self.model_shape = self.image_shape if self.vae is None else autoencoder.latent_shape(self.vae, image_shape)
         self.optimizer_config = optimizer
         self.ema_decay = ema_decay
         self.loss_buckets = loss_buckets
-        self.unet = build_unet(unet, self.image_shape)
+        self.diffusion_config = diffusion
+        if diffusers_unet_config is not None:
+            self.unet = UNet2DModel.from_config(diffusers_unet_config)
+        else:
+            self.unet = build_unet(unet, self.model_shape)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        self.schedule = DiffusionSchedule(diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end)
+        self.schedule = diffusion.build()
+
+    def adopt_unet(self, unet: UNet2DModel) -> None:
+        """Use ``unet`` itself (e.g. as loaded by diffusers) as the trained weights; the EMA copy shares it when EMA is
+        off."""
+        self.unet = unet
+        self.ema_unet = unet if self.ema_decay <= 0 else copy.deepcopy(unet).requires_grad_(False).eval()
+
+    @property
+    def is_latent(self) -> bool:
+        """Whether the U-Net works on the latents of a VAE (``lit_attr.latent``) rather than on pixels."""
+        return self.vae is not None
+
+    def adopt_vae(self, vae: AutoencoderKL) -> None:
+        """Use ``vae`` itself (e.g. as loaded by diffusers) as the frozen autoencoder."""
+        self.vae = autoencoder.freeze(vae)
+
+    def encode_pixels(self, images: Tensor) -> Tensor:
+        """The model-space inputs of images (N, C, H, W) in [-1, 1]: scaled posterior-mean latents, or the images."""
+        return autoencoder.encode_mean(self.vae, images) if self.is_latent else images
+
+    def to_pixels(self, samples: Tensor) -> Tensor:
+        """Images in [-1, 1] of model-space samples: decoded latents, or the samples themselves."""
+        return autoencoder.decode(self.vae, samples) if self.is_latent else samples
+
+    def setup(self, stage: str) -> None:
+        """Latent model: encode the training set once (cached under ``default_root_dir``) and train on those latents;
+        with random flips the latents change per draw, so each batch is encoded instead."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage != "fit" or not self.is_latent or not hasattr(datamodule, "use_dataset"):
+            return
+        if datamodule.config.random_flip or isinstance(datamodule.dataset, LatentDataset):
+            return
+        path = Path(self.trainer.default_root_dir) / "latents" / "train_latents.pt"
+        datamodule.use_dataset(LatentDataset(datamodule.dataset,
+                                             load_or_encode_latents(self.vae, datamodule.dataset, path)))
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of a class-conditional U-Net (``num_class_embeds``), else None."""
+        if getattr(self.unet, "class_embedding", None) is None:
+            return None
+        return self.unet.config.num_class_embeds
 
     @property
     def attribution_unet(self) -> UNet2DModel:
@@ -120,11 +228,13 @@ class DDPMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """One DDPM step: uniform t, Gaussian noise, pixel-mean epsilon MSE (eq. 2, 3)."""
-        x0 = batch["image"]
+        x0 = batch["image"] if "pixels" in batch else self.encode_pixels(batch["image"])
         t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
-        losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise)
+        losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise, batch.get("label"))
         loss = losses.mean()
+        if not bool(torch.isfinite(loss)):
+            self._raise_non_finite_loss(loss, x0)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         if self.loss_buckets > 0:
             self._log_bucket_losses(losses.detach(), t)
@@ -139,16 +249,49 @@ class DDPMModule(L.LightningModule):
             name = f"train_loss_by_t/{bucket * width:04d}-{min((bucket + 1) * width, self.schedule.num_timesteps) - 1:04d}"
             self.log(name, losses[mask].mean(), on_step=False, on_epoch=True, batch_size=int(mask.sum()))
 
-    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """EMA update with the usual warm-up ``min(decay, (1 + n) / (10 + n))``."""
+    def _raise_non_finite_loss(self, loss: Tensor, x0: Tensor) -> None:
+        """Stop training at a NaN/Inf loss, naming the first non-finite layer (or the largest weight) and the cause."""
+        weights = dict(self.unet.named_parameters())
+        layer = first_non_finite(weights)
+        lower_lr = "lower --model.optimizer.lr and keep --trainer.gradient_clip_val (e.g. 1.0)"
+        if layer is not None:
+            found = f"the weights of {layer} are not finite; the training diverged: {lower_lr}"
+        elif not bool(torch.isfinite(x0).all()):
+            found = "the input images hold NaN/Inf pixels; check the dataset files"
+        else:
+            largest = max(weights, key=lambda name: weights[name].detach().abs().max().item())
+            found = (f"the model's output overflowed (largest weight {weights[largest].abs().max().item():.3g} in "
+                     f"{largest}); {lower_lr}, or check --model.diffusion.*")
+        raise NumericalError(f"training step {self.global_step}: the loss is {loss.item()}: {found}. No checkpoint "
+                             "was written for this step.")
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update, so that checkpoints saved after a step include both."""
+        super().optimizer_step(*args, **kwargs)
+        self._update_ema()
+
+    def _update_ema(self) -> None:
+        """EMA update with the usual warm-up ``min(decay, (1 + n) / (10 + n))`` (n = steps done)."""
         if self.ema_decay <= 0:
             return
-        decay = min(self.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        steps = self.global_step + 1  # the step that just ran is not counted in global_step yet
+        decay = min(self.ema_decay, (1 + steps) / (10 + steps))
         with torch.no_grad():
             params = [param.detach() for param in self.unet.parameters()]
             torch._foreach_lerp_(list(self.ema_unet.parameters()), params, 1.0 - decay)
             for ema, buf in zip(self.ema_unet.buffers(), self.unet.buffers()):
                 ema.copy_(buf)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the global random states (timesteps, noise, dropout, epoch order) for an exact resume."""
+        checkpoint[RNG_STATES_KEY] = capture_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse another architecture; when resuming a fit, restore the random states of the checkpoint."""
+        path = getattr(self._trainer, "ckpt_path", None) or "(in-memory checkpoint)"
+        check_same_architecture(checkpoint.get("hyper_parameters") or {}, dict(self.hparams), path)
+        if self._trainer is not None and RNG_STATES_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_STATES_KEY])
 
     def configure_optimizers(self) -> dict:
         """AdamW + per-step LambdaLR (warm-up then cosine) over ``trainer.estimated_stepping_batches``."""
@@ -159,12 +302,20 @@ class DDPMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def generate(
-        self, num_samples: int, seed: int = 0, num_steps: int | None = None, record_trajectory: bool = False
+        self, num_samples: int, seed: int = 0, num_steps: int | None = None, record_trajectory: bool = False,
+        labels: Tensor | None = None,
     ) -> SamplingResult:
-        """Sample from the attribution weights (EMA); see ``lit_attr.diffusion.sampling.sample``."""
+        """Sample from the attribution weights (EMA); see ``lit_attr.diffusion.sampling.sample``.
+
+        ``images`` are in model space (latents of a latent model: ``to_pixels`` decodes them).
+        A class-conditional model samples ``labels`` (num_samples,), by default the classes in turn.
+        """
+        if self.num_classes is not None and labels is None:
+            labels = torch.arange(num_samples) % self.num_classes
         was_training = self.attribution_unet.training
         self.attribution_unet.eval()
-        result = sample(unet_eps_model(self.attribution_unet), self.schedule, num_samples, self.image_shape,
-                        seed=seed, num_steps=num_steps, record_trajectory=record_trajectory, device=self.device)
+        result = sample(unet_eps_model(self.attribution_unet), self.schedule, num_samples, self.model_shape,
+                        seed=seed, num_steps=num_steps, record_trajectory=record_trajectory, device=self.device,
+                        labels=labels, clamp=not self.is_latent)
         self.attribution_unet.train(was_training)
         return result

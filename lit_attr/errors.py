@@ -1,4 +1,8 @@
-"""Typed errors raised for bad user input; each message names the problem and the fix."""
+"""Typed errors raised for bad user input; each message names the problem and the fix.
+
+The command-line tools print any ``LitAttrError`` as one ``error: ...`` line and exit with status 2
+(``lit_attr.cli_errors``); the full catalogue of messages is ``docs/errors.md``.
+"""
 
 
 class LitAttrError(Exception):
@@ -19,3 +23,19 @@ class StoreMismatchError(LitAttrError, ValueError):
 
 class UnsupportedLayerError(LitAttrError, NotImplementedError):
     """A layer type has no K-FAC implementation."""
+
+
+class CheckpointError(LitAttrError, ValueError):
+    """A checkpoint is missing, is not a Lightning checkpoint, or does not match the configured model."""
+
+
+class NumericalError(LitAttrError, ArithmeticError):
+    """NaN or Inf appeared in weights, queries, curvature, gradients or scores; names the stage and layer."""
+
+
+class DamagedOutputError(LitAttrError, RuntimeError):
+    """A stored output no longer matches its checksum or cannot be read; the fix is to recompute it."""
+
+
+class ResourceError(LitAttrError, RuntimeError):
+    """The run would not fit in the memory of the device; names the estimate and a setting that fits."""

@@ -14,6 +14,9 @@ is predicted to increase the measurement. Each function returns per-row terms of
 - ``trajectory_logprob``: ``-log p(x_{0:T})`` of the recorded sampling trajectory, up to
   constants: ``sum_k ||x_{k+1} - mu_theta(x_k, t_k)||^2 / (2 sigma_k^2)``, estimated with S
   uniformly drawn steps k (``K / S`` per draw). A zero-variance final step uses sigma^2 = beta.
+  mu_theta and sigma are the sampler's (the schedule's parameterisation, variance and clipping).
+
+Class-conditional models are measured at each query's label (``labels``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
-from lit_attr.diffusion.loss import EpsModel, expand_draws, loss_per_draw
+from lit_attr.diffusion.loss import EpsModel, call_model, expand_draws, expand_labels, loss_per_draw
 from lit_attr.diffusion.schedule import DiffusionSchedule
 from lit_attr.errors import ConfigError
 from lit_attr.seeding import generator_for
@@ -95,9 +98,10 @@ class MeasurementSpec:
         self.measurement, self.timestep = parse_measurement(self.measurement, self.timestep)
         self.scheme = DrawScheme(self.scheme)
         if self.num_draws < 1:
-            raise ConfigError(f"num_draws must be >= 1, got {self.num_draws}.")
+            raise ConfigError(f"the measurement's num_draws (--model.measurement.num_draws) must be >= 1, got "
+                              f"{self.num_draws}.")
         if self.measurement is Measurement.LOSS_AT_TIMESTEP and self.timestep is None:
-            raise ConfigError("measurement=loss_at_timestep needs a timestep: set --measurement.timestep (0..T-1).")
+            raise ConfigError("measurement=loss_at_timestep needs a timestep: set --model.measurement.timestep (0..T-1).")
 
 
 def measurement_rows(
@@ -108,6 +112,7 @@ def measurement_rows(
     indices: Tensor,
     trajectories: Tensor | None = None,
     trajectory_timesteps: Tensor | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Per-row terms of the measurement for a batch of queries.
 
@@ -119,6 +124,7 @@ def measurement_rows(
         indices: query indices used for seeding, shape (Q,).
         trajectories: recorded states (K + 1, Q, C, H, W) for ``trajectory_logprob``.
         trajectory_timesteps: the sampler's timesteps (K,) for ``trajectory_logprob``.
+        labels: class labels (Q,) of the queries (class-conditional models): measured at these labels.
 
     Returns:
         Terms of shape (Q * S,); the sum over the S rows of query q is its measurement.
@@ -129,14 +135,14 @@ def measurement_rows(
                 "measurement=trajectory_logprob needs recorded sampling trajectories: generate the queries "
                 "with the model (not from a folder of images)."
             )
-        return _trajectory_rows(spec, eps_model, schedule, trajectories, trajectory_timesteps, indices)
+        return _trajectory_rows(spec, eps_model, schedule, trajectories, trajectory_timesteps, indices, labels)
     timesteps, noise = draw_for_batch(indices, spec.num_draws, tuple(images.shape[1:]), schedule.num_timesteps,
                                       spec.seed, spec.stream, spec.scheme)
     if spec.measurement is Measurement.LOSS_AT_TIMESTEP:
         check_timestep(int(spec.timestep), schedule.num_timesteps)
         timesteps = torch.full_like(timesteps, int(spec.timestep))
     x0, t, eps = expand_draws(images, timesteps, noise)
-    mse = loss_per_draw(eps_model, schedule, x0, t, eps)
+    mse = loss_per_draw(eps_model, schedule, x0, t, eps, expand_labels(labels, spec.num_draws))
     if spec.measurement is Measurement.ELBO:
         weights = schedule.elbo_weights().to(mse.device)[t.to(mse.device)].to(mse.dtype)
         pixels = images[0].numel()
@@ -151,6 +157,7 @@ def _trajectory_rows(
     trajectories: Tensor,
     timesteps: Tensor,
     indices: Tensor,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """``-log p`` terms of S uniformly drawn transitions per query trajectory (section 3.3 item 2)."""
     num_steps = timesteps.shape[0]
@@ -163,10 +170,10 @@ def _trajectory_rows(
     x_next = trajectories[steps + 1, query].flatten(0, 1)
     t = timesteps[steps].flatten()
     previous = torch.cat([timesteps[1:], torch.tensor([-1])])[steps].flatten()
-    eps_coef, mean_scale, variance = (v.to(x_t.device) for v in schedule.reverse_step(t, previous))
-    variance = torch.where(variance > 0, variance, schedule.betas_f64.to(x_t.device)[t.to(x_t.device)])
-    eps = eps_model(x_t, t.to(x_t.device))
-    shape = (-1, *([1] * (x_t.dim() - 1)))
-    mean = mean_scale.to(eps.dtype).view(shape) * (x_t - eps_coef.to(eps.dtype).view(shape) * eps)
+    t, previous = t.to(x_t.device), previous.to(x_t.device)
+    _, _, variance = schedule.reverse_step(t, previous)
+    variance = torch.where(variance > 0, variance, schedule.betas_f64.to(x_t.device)[t])
+    output = call_model(eps_model, x_t, t, expand_labels(labels, spec.num_draws))
+    mean = schedule.reverse_mean(output, x_t, t, previous)
     sq = (x_next - mean).pow(2).flatten(1).sum(dim=1)
     return sq / (2.0 * variance.to(sq.dtype)) * num_steps / spec.num_draws

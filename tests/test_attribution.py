@@ -140,8 +140,7 @@ def test_batches_of_one_example_and_one_query(tiny_run, reference_scores):
     assert_same_curvature(out, ragged)
     assert_same_scores(load_scores(ragged), scores)
     single = tiny_run / "single_query"
-    attribute_in_process(tiny_run, single, batch_size=1, subset=True, curvature_draws=1,
-                         queries={"num_generated": 1, "num_sampling_steps": 10})
+    attribute_in_process(tiny_run, single, curvature_draws=1, queries={"num_generated": 1, "num_sampling_steps": 10})
     assert load_scores(single).shape == (NUM_TRAIN, 1) and np.isfinite(load_scores(single)).all()
 
 
@@ -198,7 +197,7 @@ def test_cli_end_to_end_and_mismatch_error(tiny_run, tmp_path):
     assert "influence.png" in proc.stdout
     proc = run_script("attribute.py", "--config", str(config), "--model.damping", "0.001")
     assert proc.returncode != 0
-    assert "damping" in proc.stderr and "--overwrite true" in proc.stderr
+    assert "damping" in proc.stderr and "--model.overwrite true" in proc.stderr
     assert load_scores(tmp_path / "attr").shape == (NUM_TRAIN, 3)  # the finished run is untouched
 
 
@@ -214,7 +213,7 @@ def test_ddp_two_processes_match_one(tiny_run, reference_scores, tmp_path):
     assert_same_scores(load_scores(tmp_path / "ddp"), scores)
 
 
-@pytest.mark.parametrize("config", ["attribute/digits.yaml", "tiny/attribute.yaml"])
+@pytest.mark.parametrize("config", ["attribute/digits.yaml", "attribute/latent_digits.yaml", "tiny/attribute.yaml"])
 def test_attribute_configs_parse(config, capsys):
     from lit_attr.cli import AttributeCLI
     from tests.helpers import ROOT
@@ -243,6 +242,19 @@ def test_trajectory_logprob_measurement_end_to_end(tiny_run):
 
 def test_changed_query_settings_are_refused_not_silently_reused(tiny_run, reference_scores):
     out, scores = reference_scores
-    with pytest.raises(StoreMismatchError, match="queries.*--overwrite true"):
+    with pytest.raises(StoreMismatchError, match="queries.*--model.overwrite true"):
         attribute_in_process(tiny_run, out, queries={"num_generated": 4, "num_sampling_steps": 10})
     np.testing.assert_array_equal(load_scores(out), scores)
+
+
+def test_non_finite_training_image_stops_scoring_naming_the_stage_and_layer(tiny_run, reference_scores):
+    from lit_attr.errors import NumericalError
+
+    module = attribute_in_process(tiny_run, tiny_run / "reference")  # finished run: reloads, scores nothing
+    data = AttributionDataModule(subset_file=str(tiny_run / "run" / "subset.txt"))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=4)))
+    batch["image"][1, 0, 2, 2] = float("nan")
+    with pytest.raises(NumericalError, match=r"training gradients of examples \[0, 1, 2\]\.\.\.: nan in \S+; a training "
+                                             r"image holds NaN/Inf"):
+        module.training_gradients(batch)

@@ -184,7 +184,7 @@ def test_folder_dataset_errors(tmp_path):
         ({"name": "folder", "image_size": 8, "channels": 1}, "--data.data_dir"),
         ({"name": "cifar10"}, "--data.data_dir"),
         ({"name": "digits", "image_size": 32}, "--data.image_size=32"),
-        ({"name": "mnist"}, "choose one of digits, cifar10, cifar2, folder"),
+        ({"name": "mnist"}, "choose one of digits, patches, cifar10, cifar2, folder"),
     ],
 )
 def test_bad_dataset_arguments_name_the_flag(kwargs, flag):
@@ -276,7 +276,7 @@ def test_diffusion_datamodule_batches():
     module.setup("fit")
     assert module.num_train == 1797
     batch = next(iter(module.train_dataloader()))
-    assert set(batch) == {"index", "image"}
+    assert set(batch) == {"index", "image", "label"} and batch["label"].max() == 9
     assert batch["image"].shape == (64, 1, 8, 8) and batch["image"].dtype == torch.float32
     assert batch["index"].shape == (64,) and batch["index"].dtype == torch.int64
     assert batch["index"].tolist() != list(range(64))  # shuffled

@@ -4,8 +4,7 @@
 import pytest
 import torch
 
-from lit_attr.cli import LitAttrCLI
-from lit_attr.data.datamodules import DiffusionDataModule
+from lit_attr.cli import train_cli
 from lit_attr.ddpm_module import DDPMModule, OptimizerConfig, warmup_cosine
 from lit_attr.diffusion.unet import UNetConfig, tiny_unet_config
 from lit_attr.pipeline_io import export_pipeline, import_pipeline, load_ddpm_module
@@ -86,7 +85,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_train_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        LitAttrCLI(DDPMModule, DiffusionDataModule, args=["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+        train_cli(args=["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "block_out_channels" in capsys.readouterr().out
 
@@ -99,7 +98,7 @@ def test_train_cli_fits_checkpoints_resumes_and_writes_samples(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "samples.png").stat().st_size > 0
     assert (run / "pipeline" / "unet" / "config.json").exists()
-    assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+    assert list((run / "lightning_logs").rglob("events.out.tfevents*"))  # logs follow the run folder
     proc = run_script("train.py", "fit", "--config", str(config), "--trainer.max_steps", "6", "--ckpt_path", "last")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -90,3 +90,15 @@ def test_fit_eigenvalue_correction_on_unet():
         corrected = eigen.layers[name].corrected
         assert corrected.shape == gradient_matrix_shape(module) and (corrected >= 0).all()
     assert eigen.layers["mid_block.attentions.0.to_q"].corrected.sum() > 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_factors_name_the_layer_and_factor(bad):
+    """NaN curvature once surfaced as "LinAlgError: linalg.eigh failed to converge" with no layer or cause."""
+    from lit_attr.errors import NumericalError
+
+    _, modules, _, factors = our_factors(MLP_CASE, 6)
+    name = list(factors.factors)[1]
+    factors.factors[name][1][0, 0] = bad
+    with pytest.raises(NumericalError, match=rf"in the G \(output-gradient\) factor of layer {name}"):
+        eigendecompose_factors(factors)

@@ -19,6 +19,7 @@ from lit_attr.diffusion.loss import expand_draws, loss_per_draw, unet_eps_model
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation import training
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, RemovalConfig, TrueMeasurementConfig
+from lit_attr.evaluation.selection import cross_fitted
 from lit_attr.evaluation.true_measurements import STREAM, measure_queries
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.storage import load_scores
@@ -109,7 +110,7 @@ def test_bad_measurement_settings_are_refused_by_the_config():
         MethodConfig(measurements=["loss", "loss"])
     with pytest.raises(ConfigError, match="removal.measurement='elbo' is not among"):
         BenchmarkConfig(true_measurements=TrueMeasurementConfig(measurements=["loss"]),
-                        removal=RemovalConfig(queries=[0], method="kfac", measurement="elbo"))
+                        removal=RemovalConfig(queries=[0], methods=["kfac"], measurement="elbo"))
     with pytest.raises(ConfigError, match="reference_method='trak' is not one of the methods"):
         BenchmarkConfig(reference_method="trak")
 
@@ -162,16 +163,21 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert all(c["target"] != "loss_at_t300" for c in results["comparison"])
     paired = {(c["method"], c["target"]): c["vs_reference"] for c in results["comparison"]}
     assert paired["kfac", "loss"] == {"method": "kfac", "mean": 0.0, "stderr": 0.0}  # reference: the first method
-    best_trak = max([r for r in results["lds"] if (r["method"], r["target"]) == ("trak", "loss")],
-                    key=lambda r: r["mean"])
-    best_kfac = max([r for r in results["lds"] if (r["method"], r["target"], r["approx"], r["num_draws"]) ==
-                     ("kfac", "loss", "loss", best_trak["num_draws"])], key=lambda r: r["mean"])  # same S
-    assert paired["trak", "loss"]["mean"] == pytest.approx(np.mean(np.array(best_trak["per_query"])
-                                                                   - np.array(best_kfac["per_query"])))
+    trak_sweep = [r for r in results["lds"] if (r["method"], r["target"]) == ("trak", "loss")]
+    kfac_sweep = [r for r in results["lds"] if (r["method"], r["target"], r["approx"], r["num_draws"]) ==
+                  ("kfac", "loss", "loss", trak_sweep[0]["num_draws"])]  # same S
+    trak_held_out, kfac_held_out = cross_fitted(trak_sweep), cross_fitted(kfac_sweep)  # damping not chosen on them
+    assert paired["trak", "loss"]["mean"] == pytest.approx(np.mean(np.array(trak_held_out["per_query"])
+                                                                   - np.array(kfac_held_out["per_query"])))
+    trak_row = next(c for c in results["comparison"] if (c["method"], c["target"]) == ("trak", "loss"))
+    assert trak_row["selected"]["dampings"] == trak_held_out["dampings"]
+    assert all(len(r["folds"]) == 2 and len(r["folds"][0]) == len(r["per_query"]) for r in results["lds"])
     assert all(-1 <= r["mean"] <= 1 for r in results["lds"])
     assert {(c["method"], c["approx"]) for c in results["comparison"]} >= {("dtrak", "sqnorm"), ("pixel", "pixel"),
                                                                            ("trak", "loss"), ("kfac", "elbo")}
-    assert "oracle_lds" in results["diagnostics"]["loss"] and len(results["removal"]) == 1
+    assert "oracle_lds" in results["diagnostics"]["loss"] and [r["method"] for r in results["removal"]] == ["kfac", "pixel"]
+    assert results["removal"][1]["vs_reference"]["mean"] == pytest.approx(
+        np.mean(np.array(results["removal"][1]["per_query"]) - np.array(results["removal"][0]["per_query"])))
     for name in ("results.md", "lds_bars.png", "scatter.png", "damping.png", "substitution.png"):
         assert (bench / name).stat().st_size > 0
     assert list((bench / "tensorboard").iterdir())
@@ -272,3 +278,22 @@ def test_dtrak_gradients_are_squared_output_norm_gradients(tiny_model, tmp_path)
     # the D-TRAK function is not the loss: its gradient differs from the loss gradient
     loss_grads = module.training_gradients({"image": x0, "index": index})
     assert not torch.allclose(loss_grads, torch.cat([g.flatten(1) for g in batched.values()], 1), atol=1e-3)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs" / "lds").glob("*.yaml")))
+def test_every_lds_config_parses(config, capsys):
+    """Benchmark configs against evaluate.py's parser (and their recipes against train.py's)."""
+    import evaluate
+    from lit_attr.cli import LitAttrCLI
+    from lit_attr.data.datamodules import DiffusionDataModule
+
+    path = ROOT / "configs" / "lds" / config
+    if config.endswith("_train.yaml"):
+        with pytest.raises(SystemExit) as exit_info:
+            LitAttrCLI(DDPMModule, DiffusionDataModule, args=["fit", "--config", str(path), "--print_config"])
+        assert exit_info.value.code in (0, None)
+        return
+    parser = evaluate.build_parser()
+    args = parser.parse_args(["report", "--config", str(path)])
+    bench = evaluate.benchmark_config(parser.instantiate(args)["report"])
+    assert bench.methods and (ROOT / bench.retraining.recipe).is_file()

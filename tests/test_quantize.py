@@ -54,3 +54,24 @@ def test_int8_scores_rank_like_float32():
     for q in range(queries.shape[0]):
         rho = spearmanr(approx[:, q].numpy(), exact[:, q].numpy()).statistic
         assert rho >= 0.99, f"query {q}: Spearman {rho:.4f}"
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp16", "none"])
+def test_non_finite_rows_are_refused_not_mapped_to_zero(mode):
+    """int8 rounding once turned NaN into 0 (a run of all-zero scores that looked complete)."""
+    from lit_attr.errors import NumericalError
+
+    x = gradient_like(4, 50, seed=1)
+    x[2, 7] = float("nan")
+    x[3, 0] = float("inf")
+    with pytest.raises(NumericalError, match=r"rows \[2, 3\] hold NaN/Inf"):
+        compress(x, mode)
+
+
+def test_compressing_blocks_of_rows_equals_compressing_all():
+    from lit_attr.attribution.quantize import concat_compressed
+
+    x = gradient_like(7, 300, seed=2)
+    whole = compress(x)
+    blocks = concat_compressed([compress(x[:3]), compress(x[3:6]), compress(x[6:])])
+    assert torch.equal(blocks.values, whole.values) and torch.equal(blocks.scales, whole.scales)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from lit_attr.attribution.quantize import CompressedRows, apply_scales, unscaled_block_scores, unscaled_columns
 from lit_attr.curvature.capture import LayerCapture, grad_enabled, grouped_gradients, grouped_scores
 from lit_attr.curvature.layers import gradient_matrix_shape
-from lit_attr.diffusion.loss import EpsModel, expand_draws, loss_per_draw
+from lit_attr.diffusion.loss import EpsModel, expand_draws, expand_labels, loss_per_draw
 from lit_attr.diffusion.schedule import DiffusionSchedule
 
 LAYER_QUERY_ELEMENTS = 2**26
@@ -119,20 +119,20 @@ def per_example_scores(
 
 
 def _loss_rows(eps_model: EpsModel, schedule: DiffusionSchedule, x0: Tensor, timesteps: Tensor, noise: Tensor,
-               ) -> Callable[[], Tensor]:
-    """``row_loss_fn`` of the per-example DDPM loss: each row's loss divided by S."""
+               labels: Tensor | None = None) -> Callable[[], Tensor]:
+    """``row_loss_fn`` of the per-example DDPM loss: each row's loss divided by S (labels: (B,) or None)."""
     num_draws = timesteps.shape[1]
 
     def row_loss_fn() -> Tensor:
         rows = expand_draws(x0.clone(), timesteps.to(x0.device).clone(), noise.to(x0).clone())
-        return loss_per_draw(eps_model, schedule, *rows) / num_draws
+        return loss_per_draw(eps_model, schedule, *rows, expand_labels(labels, num_draws)) / num_draws
 
     return row_loss_fn
 
 
 def per_example_loss_gradients(
     eps_model: EpsModel, schedule: DiffusionSchedule, modules: dict[str, nn.Module], x0: Tensor, timesteps: Tensor,
-    noise: Tensor, model: nn.Module | None = None,
+    noise: Tensor, model: nn.Module | None = None, labels: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Gradients of the per-example DDPM loss averaged over its S draws (eq. 2 with App. G.3).
 
@@ -142,22 +142,23 @@ def per_example_loss_gradients(
         modules: K-FAC'd layers by name.
         x0: images (B, C, H, W); timesteps: (B, S); noise: (B, S, C, H, W).
         model: owner of ``modules``.
+        labels: (B,) class labels of a class-conditional model, or None.
 
     Returns:
         name -> (B, out, in+1).
     """
     num_examples, num_draws = timesteps.shape
-    row_loss_fn = _loss_rows(eps_model, schedule, x0, timesteps, noise)
+    row_loss_fn = _loss_rows(eps_model, schedule, x0, timesteps, noise, labels)
     return per_example_gradients(model, modules, row_loss_fn, num_examples, num_draws)
 
 
 def per_example_loss_scores(
     eps_model: EpsModel, schedule: DiffusionSchedule, modules: dict[str, nn.Module], x0: Tensor, timesteps: Tensor,
-    noise: Tensor, queries: CompressedRows, model: nn.Module | None = None,
+    noise: Tensor, queries: CompressedRows, model: nn.Module | None = None, labels: Tensor | None = None,
 ) -> Tensor:
     """``per_example_scores`` of the per-example DDPM loss (args of ``per_example_loss_gradients``): (B, Q)."""
     num_examples, num_draws = timesteps.shape
-    row_loss_fn = _loss_rows(eps_model, schedule, x0, timesteps, noise)
+    row_loss_fn = _loss_rows(eps_model, schedule, x0, timesteps, noise, labels)
     return per_example_scores(model, modules, row_loss_fn, num_examples, num_draws, queries)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,24 +33,33 @@ from lit_attr.attribution.gradients import (
     per_example_loss_gradients,
     per_example_loss_scores,
 )
-from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress
-from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import FACTORS_FILE, QUERIES_FILE
+from lit_attr.attribution.memory import RunShape, activation_bytes_per_row, check_memory
+from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, concat_compressed
+from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries, planned_num_queries
+from lit_attr.constants import FACTORS_FILE, LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
 from lit_attr.curvature.eigen import KFACEigen, precondition
-from lit_attr.curvature.layers import select_kfac_modules
+from lit_attr.curvature.layers import gradient_shapes, select_kfac_modules
 from lit_attr.ddpm_module import as_config
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
+from lit_attr.latent.cache import LatentDataset, load_or_encode_latents
 from lit_attr.measurements import Measurement, MeasurementSpec, measurement_rows
 from lit_attr.pipeline_io import load_ddpm_module
-from lit_attr.storage import ScoreStore
+from lit_attr.storage import ScoreStore, mark_damaged, read_metadata, remove_run_files, verify_checksums
+from lit_attr.validation import check_finite, check_output_folder, integer, number
 
 log = logging.getLogger(__name__)
 
 TRAIN_STREAM = "train"
 """Stream of the training-gradient draws."""
+QUERY_CAUSE = ("a query image holds NaN/Inf or the model overflows on it: check --model.queries.* (image files) and "
+               "the model")
+TRAINING_CAUSE = "a training image holds NaN/Inf or the model overflows on it: check the --data.* files"
+CURVATURE_CAUSE = ("the curvature's eigenvalues or the damping make the inverse overflow: raise --model.damping, or "
+                   "refit the curvature with --model.overwrite true")
+SCORE_CAUSE = "the scores overflow float32: raise --model.damping or use --model.query_compression fp16/none"
 
 
 @dataclass
@@ -104,10 +114,13 @@ class InfluenceModule(L.LightningModule):
         super().__init__()
         self.query_config = as_config(queries, QueryConfig)
         self.measurement_config = as_config(measurement, MeasurementConfig)
-        if num_draws < 1 or damping < 0 or top_k < 1:
-            raise ConfigError(f"Need --model.num_draws >= 1, --model.damping >= 0 and --model.top_k >= 1; "
-                              f"got {num_draws}, {damping}, {top_k}.")
-        self.checkpoint, self.output_dir = checkpoint, Path(output_dir)
+        for value, flag in ((num_draws, "--model.num_draws"), (top_k, "--model.top_k"),
+                            (query_batch_size, "--model.query_batch_size"),
+                            (self.measurement_config.num_draws, "--model.measurement.num_draws")):
+            integer(value, flag, low=1)
+        integer(seed, "--model.seed", low=0)
+        damping = number(damping, "--model.damping", low=0.0)
+        self.checkpoint, self.output_dir = checkpoint, check_output_folder(output_dir, "--model.output_dir")
         self.num_draws, self.seed, self.draw_scheme = num_draws, seed, DrawScheme(draw_scheme)
         self.damping, self.query_compression = damping, QueryCompression(query_compression)
         self.score_dtype, self.top_k, self.overwrite = score_dtype, top_k, overwrite
@@ -138,39 +151,51 @@ class InfluenceModule(L.LightningModule):
         return {
             "method": "kfac_influence", "checkpoint": str(self.checkpoint), **self.curvature_identity(),
             "queries": {"source": self.queries.source, "hash": self.queries.fingerprint(),
-                        "config": asdict(self.query_config)},
+                        "config": self.query_config.metadata()},
             "measurement": {**asdict(self.measurement_config), "measurement": self.measurement_spec.measurement.value},
             "num_draws": self.num_draws, "seed": self.seed, "draw_scheme": self.draw_scheme.value,
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
         }
 
-    def _curvature_callback(self) -> Any:
+    def _curvature_callback(self, required: bool = True) -> Any:
+        """The trainer's ``KFACCallback`` (None if absent and not ``required``, e.g. for TRAK)."""
         from callbacks.curvature import KFACCallback
 
         found = [cb for cb in self.trainer.callbacks if isinstance(cb, KFACCallback)]
-        if not found:
+        if not found and required:
             raise ConfigError("No curvature: add `- class_path: callbacks.curvature.KFACCallback` to trainer.callbacks.")
-        return found[0]
+        return found[0] if found else None
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        """Check the data, build the queries, and prepare (or resume) the score store."""
+        """Check the data and memory, build the queries, and prepare (or resume) the score store.
+
+        With ``overwrite`` every old output is deleted first, so a failed run leaves no stale report.
+        """
         datamodule = self.trainer.datamodule
         if tuple(datamodule.image_shape) != tuple(self.ddpm.image_shape):
             raise ConfigError(f"The model was trained on images of shape {tuple(self.ddpm.image_shape)} but the data "
                               f"has {tuple(datamodule.image_shape)}: pass the training data's --data.* arguments.")
         dataset = datamodule.dataset
+        if self.overwrite and self.trainer.is_global_zero:
+            remove_run_files(self.output_dir)
+        self.check_memory(datamodule.batch_size)
         self._model_hash = model_hash(self.ddpm.attribution_unet)
+        if self.ddpm.is_latent:  # the scores also depend on the VAE that made the latents
+            self._model_hash += "+vae:" + model_hash(self.ddpm.vae)
         self._data_fingerprint = dataset_fingerprint(dataset)
+        if self.ddpm.is_latent:
+            dataset = self._use_cached_latents(datamodule)
         self.queries = self._load_or_build_queries(dataset)
         self.row_of = {int(index): row for row, index in enumerate(dataset.indices)}
         self.store = ScoreStore(self.output_dir, len(dataset), self.num_score_columns(), self.run_metadata(),
                                 self.score_dtype)
-        self.store.check(overwrite=self.overwrite)  # every rank raises the same mismatch error, before any write
-        if self.trainer.is_global_zero:
-            self.store.prepare(overwrite=self.overwrite)
+        resumable = self.store.check(overwrite=self.overwrite)  # every rank raises the same error, before any write
+        if self.trainer.is_global_zero and not resumable:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             self.queries.save(self.output_dir / QUERIES_FILE)
-            np.save(self.output_dir / "train_indices.npy", np.asarray(dataset.indices, dtype=np.int64))
+            np.save(self.output_dir / TRAIN_INDICES_FILE, np.asarray(dataset.indices, dtype=np.int64))
+            self.store.create(files=[QUERIES_FILE, TRAIN_INDICES_FILE])
         self.trainer.strategy.barrier("store_prepared")
         done_rows = self.store.done_indices()
         datamodule.exclude_indices = [int(dataset.indices[row]) for row in done_rows]
@@ -178,14 +203,52 @@ class InfluenceModule(L.LightningModule):
         if not self.needs_curvature:
             log.info("All %d rows of %s are already scored.", len(dataset), self.output_dir)
 
+    def _use_cached_latents(self, datamodule: Any) -> LatentDataset:
+        """Latent model: the training latents, encoded once (``output_dir/latents.pt``, reused while the VAE and data
+        match); the data module then serves them, so the curvature, gradients and figures see latents + pixels."""
+        if isinstance(datamodule.dataset, LatentDataset):
+            return datamodule.dataset
+        path = self.output_dir / LATENTS_FILE if self.trainer.is_global_zero else None
+        latents = load_or_encode_latents(self.ddpm.vae, datamodule.dataset, path)
+        datamodule.use_dataset(LatentDataset(datamodule.dataset, latents))
+        return datamodule.dataset
+
     def num_score_columns(self) -> int:
         """Columns of the score matrix: one per query."""
         return len(self.queries.images)
 
-    def _load_or_build_queries(self, dataset: Any) -> QuerySet:
+    def check_memory(self, batch_size: int) -> None:
+        """Print the memory estimate (``lit_attr.attribution.memory``); refuse a run the device cannot hold."""
+        shapes = gradient_shapes(self.kfac_modules)
+        unet = self.ddpm.attribution_unet
+        stored = read_metadata(self.output_dir) if self._reused_queries_path() is not None else {}
+        num_queries = stored.get("num_queries") or planned_num_queries(self.query_config, self.ddpm.image_shape)
+        shape = RunShape(
+            num_params=sum(out * cols for out, cols in shapes.values()),
+            activation_bytes_per_row=activation_bytes_per_row(unet, self.ddpm.model_shape, next(unet.parameters()).device),
+            curvature_entries=sum(out * out + cols * cols for out, cols in shapes.values()),
+            num_queries=num_queries, query_batch_size=self.query_batch_size,
+            measurement_draws=self.measurement_spec.num_draws, batch_size=batch_size, num_draws=self.num_draws,
+            curvature_draws=getattr(self._curvature_callback(required=False), "num_draws", 0),
+            query_compression=self.query_compression.value)
+        line = check_memory(shape, self.trainer.strategy.root_device)
+        if self.trainer.is_global_zero:
+            print(line)
+
+    def _reused_queries_path(self) -> Path | None:
+        """``queries.pt`` of an earlier run in the folder that this run resumes (None: build the queries)."""
         path = self.output_dir / QUERIES_FILE
-        if path.exists() and not self.overwrite:
-            return QuerySet.load(path)
+        has_run = path.exists() and (self.output_dir / METADATA_FILE).exists()
+        return path if has_run and not self.overwrite else None
+
+    def _load_or_build_queries(self, dataset: Any) -> QuerySet:
+        path = self._reused_queries_path()
+        if path is not None:
+            verify_checksums(self.output_dir, [QUERIES_FILE])
+            try:
+                return QuerySet.load(path)
+            except Exception as error:  # noqa: BLE001 - any unreadable file is damaged
+                raise mark_damaged(self.output_dir, [QUERIES_FILE], f"unreadable: {type(error).__name__}") from None
         needs_trajectory = self.measurement_spec.measurement is Measurement.TRAJECTORY_LOGPROB
         return build_queries(self.query_config, self.ddpm, dataset, record_trajectory=needs_trajectory)
 
@@ -201,32 +264,46 @@ class InfluenceModule(L.LightningModule):
         if self.eigen is None:
             raise RuntimeError("KFACCallback did not provide the curvature.")
         start = time.perf_counter()
+        blocks = []
         with self.trainer.precision_plugin.forward_context():  # as predict_step: bf16-mixed autocasts
-            preconditioned = self.preconditioned_query_gradients()
-        self.query_rows = compress(preconditioned, self.query_compression)
+            for rows in self.preconditioned_query_blocks():
+                check_finite({"preconditioned query gradients": rows}, "query preconditioning", CURVATURE_CAUSE)
+                blocks.append(compress(rows, self.query_compression))
+        self.query_rows = concat_compressed(blocks)
         self.timings["queries_s"] = time.perf_counter() - start
+
+    def preconditioned_query_blocks(self) -> Iterator[Tensor]:
+        """Rows of ``preconditioned_query_gradients``, ``query_batch_size`` queries at a time (bounded memory)."""
+        for grads in self.query_gradient_blocks():
+            yield flatten_gradients(precondition(grads, self.eigen, self.damping))
 
     def query_gradients(self) -> dict[str, Tensor]:
         """Measurement gradients of all queries: name -> (Q, out, in+1)."""
+        parts = list(self.query_gradient_blocks())
+        return {name: torch.cat([p[name] for p in parts]) for name in self.kfac_modules}
+
+    def query_gradient_blocks(self) -> Iterator[dict[str, Tensor]]:
+        """Measurement gradients of ``query_batch_size`` queries at a time: name -> (q, out, in+1)."""
         unet = self.ddpm.attribution_unet
         images = self.queries.images.to(self.device)
         trajectory = None if self.queries.trajectory is None else self.queries.trajectory.to(self.device)
-        timesteps = self.queries.timesteps
-        parts = []
+        timesteps, labels = self.queries.timesteps, self.queries.labels
         for start in range(0, len(images), self.query_batch_size):
             idx = torch.arange(start, min(start + self.query_batch_size, len(images)))
             traj = None if trajectory is None else trajectory[:, idx]
 
             def rows(idx: Tensor = idx, traj: Tensor | None = traj) -> Tensor:
                 return measurement_rows(self.measurement_spec, unet_eps_model(unet), self.ddpm.schedule,
-                                        images[idx].clone(), idx, traj, timesteps)
+                                        images[idx].clone(), idx, traj, timesteps,
+                                        None if labels is None else labels[idx])
 
-            parts.append(per_example_gradients(unet, self.kfac_modules, rows, len(idx), self.measurement_spec.num_draws))
-        return {name: torch.cat([p[name] for p in parts]) for name in self.kfac_modules}
+            grads = per_example_gradients(unet, self.kfac_modules, rows, len(idx), self.measurement_spec.num_draws)
+            check_finite(grads, f"measurement gradients of queries {idx[0].item()}..{idx[-1].item()}", QUERY_CAUSE)
+            yield grads
 
     def preconditioned_query_gradients(self) -> Tensor:
         """``(GGN + damping I)^{-1} grad m(x_q)`` flattened: (Q, num_params)."""
-        return flatten_gradients(precondition(self.query_gradients(), self.eigen, self.damping))
+        return torch.cat(list(self.preconditioned_query_blocks()))
 
     # ------------------------------------------------------------------ training rows
     def training_draws(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> tuple[Tensor, Tensor]:
@@ -240,8 +317,11 @@ class InfluenceModule(L.LightningModule):
         timesteps, noise = self.training_draws(batch, stream)
         grads = per_example_loss_gradients(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
                                            self.kfac_modules, batch["image"], timesteps, noise,
-                                           self.ddpm.attribution_unet)
-        return flatten_gradients(grads)
+                                           self.ddpm.attribution_unet, batch.get("label"))
+        flat = flatten_gradients(grads)
+        if not bool(torch.isfinite(flat).all()):  # one reduction per batch; name the layer only on failure
+            check_finite(grads, f"training gradients of examples {batch['index'][:3].tolist()}...", TRAINING_CAUSE)
+        return flat
 
     def training_scores(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
         """Scores of the batch's examples against the stored queries, layer by layer: (B, num_queries).
@@ -252,8 +332,12 @@ class InfluenceModule(L.LightningModule):
         timesteps, noise = self.training_draws(batch, stream)
         return per_example_loss_scores(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
                                        self.kfac_modules, batch["image"], timesteps, noise, self.query_rows,
-                                       self.ddpm.attribution_unet)
+                                       self.ddpm.attribution_unet, batch.get("label"))
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """A block of score rows: ``{"index": (B,), "scores": (B, num_queries)}`` (sign: see module docstring)."""
-        return {"index": batch["index"], "scores": self.training_scores(batch)}
+        scores = self.training_scores(batch)
+        if not bool(torch.isfinite(scores).all()):  # the layer-wise pass never forms the gradients: name the cause
+            self.training_gradients(batch)  # raises (naming the layer) if the gradients themselves are not finite
+            check_finite({"scores": scores}, f"scoring of examples {batch['index'][:3].tolist()}...", SCORE_CAUSE)
+        return {"index": batch["index"], "scores": scores}

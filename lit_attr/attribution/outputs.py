@@ -8,20 +8,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_attr.constants import FIGURE_FILE, METADATA_FILE, REPORT_JSON, REPORT_MD
+from lit_attr.constants import FIGURE_FILE, METADATA_FILE, QUERIES_PNG, REPORT_FILES, REPORT_JSON, REPORT_MD
 from lit_attr.report import build_report, figure_tensor, influence_figure, top_influences, write_report
-from lit_attr.storage import load_scores, read_json
+from lit_attr.storage import load_scores, read_json, record_checksums
 from lit_attr.visualize import save_grid
+
+
+def display_image(item: dict[str, Any]) -> torch.Tensor:
+    """The picture of a training item: its pixels (latent datasets keep them under ``"pixels"``) or its image."""
+    return item["pixels"] if "pixels" in item else item["image"]
 
 
 def write_attribution_outputs(output_dir: Path, dataset: Any, queries: torch.Tensor, top_k: int,
                               logger: Any = None) -> dict[str, Path]:
-    """Write report.json, report.md, influence.png and queries.png for a finalized run.
+    """Write report.json, report.md, influence.png and queries.png for a finalized run (checksums into metadata.json).
 
     Args:
         output_dir: the run folder (must hold finalized scores).
         dataset: the training dataset the rows refer to (row r is ``dataset[r]``).
-        queries: query images (Q, C, H, W) in [-1, 1].
+        queries: query images (Q, C, H, W) in [-1, 1] (decoded, for a latent model).
         top_k: examples per kind.
         logger: optional TensorBoard logger for the figure.
 
@@ -35,11 +40,12 @@ def write_attribution_outputs(output_dir: Path, dataset: Any, queries: torch.Ten
     report = build_report(scores, train_indices, top_k, info)
     write_report(output_dir, report, REPORT_JSON, REPORT_MD)
     tops = top_influences(scores, top_k)
-    images = {kind: torch.stack([torch.stack([dataset[int(r)]["image"] for r in rows]) for rows in positions])
+    images = {kind: torch.stack([torch.stack([display_image(dataset[int(r)]) for r in rows]) for rows in positions])
               for kind, positions in tops.items()}
     figure = influence_figure(queries, images)
     figure.save(output_dir / FIGURE_FILE)
-    save_grid(queries, output_dir / "queries.png", nrow=min(8, len(queries)))
+    save_grid(queries, output_dir / QUERIES_PNG, nrow=min(8, len(queries)))
+    record_checksums(output_dir, list(REPORT_FILES))
     experiment = getattr(logger, "experiment", None)
     if experiment is not None and hasattr(experiment, "add_image"):
         experiment.add_image("influence", figure_tensor(figure), global_step=0)

@@ -14,6 +14,8 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from lit_attr.errors import NumericalError
+
 INT8_MAX = 127
 
 
@@ -46,10 +48,18 @@ class CompressedRows:
 
 
 def compress(x: Tensor, mode: QueryCompression | str = QueryCompression.INT8) -> CompressedRows:
-    """Compress rows of ``x`` (Q, D); int8 uses a symmetric per-row absmax scale (0 rows stay 0)."""
+    """Compress rows of ``x`` (Q, D); int8 uses a symmetric per-row absmax scale (0 rows stay 0).
+
+    Raises:
+        NumericalError: ``x`` holds NaN/Inf (int8 rounding would silently turn NaN into 0).
+    """
     mode = QueryCompression(mode)
     if x.dim() != 2:
         raise ValueError(f"compress expects a (Q, D) matrix, got shape {tuple(x.shape)}.")
+    bad_rows = (~torch.isfinite(x)).any(dim=1).nonzero().flatten().tolist()
+    if bad_rows:
+        raise NumericalError(f"query compression: rows {bad_rows[:5]} hold NaN/Inf and cannot be compressed; the "
+                             "preconditioned query gradients are not finite (see the check of the stage before).")
     if mode is QueryCompression.NONE:
         return CompressedRows(x.float(), None, mode)
     if mode is QueryCompression.FP16:
@@ -58,6 +68,12 @@ def compress(x: Tensor, mode: QueryCompression | str = QueryCompression.INT8) ->
     scales = torch.where(absmax > 0, absmax / INT8_MAX, torch.ones_like(absmax))
     values = torch.round(x.float() / scales[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     return CompressedRows(values, scales, mode)
+
+
+def concat_compressed(parts: list[CompressedRows]) -> CompressedRows:
+    """Rows of several ``CompressedRows`` (same mode) stacked: compressing blocks of rows equals compressing all."""
+    scales = None if parts[0].scales is None else torch.cat([p.scales for p in parts])
+    return CompressedRows(torch.cat([p.values for p in parts]), scales, parts[0].mode)
 
 
 def decompress(compressed: CompressedRows) -> Tensor:

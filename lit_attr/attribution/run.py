@@ -16,7 +16,7 @@ def run_attribution(trainer: L.Trainer, module: InfluenceModule, datamodule: Att
     start = time.perf_counter()
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     if trainer.is_global_zero:
-        paths = write_attribution_outputs(module.output_dir, datamodule.dataset, module.queries.images,
+        paths = write_attribution_outputs(module.output_dir, datamodule.dataset, module.queries.pixels,
                                           module.top_k, trainer.logger)
         print(f"Scored {module.store.num_train} training examples x {module.store.num_queries} queries in "
               f"{time.perf_counter() - start:.1f} s.")

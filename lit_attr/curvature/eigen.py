@@ -33,6 +33,8 @@ from lit_attr.curvature.kfac import (
 from lit_attr.diffusion.draws import DrawScheme
 from lit_attr.diffusion.loss import EpsModel
 from lit_attr.diffusion.schedule import DiffusionSchedule
+from lit_attr.errors import NumericalError
+from lit_attr.validation import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +79,32 @@ def eigendecompose_factors(factors: KFACFactors, dtype: torch.dtype = torch.floa
     """``torch.linalg.eigh`` of every A and G in float64, stored in ``dtype``.
 
     Eigenvalues are clamped at 0 (the factors are PSD; negative values are rounding errors).
+
+    Raises:
+        NumericalError: a factor holds NaN/Inf or ``eigh`` fails; names the layer and the factor.
     """
     layers = {}
     for name, (a, g) in factors.factors.items():
-        lam_a, q_a = torch.linalg.eigh(a.to(torch.float64))
-        lam_g, q_g = torch.linalg.eigh(g.to(torch.float64))
+        lam_a, q_a = _eigh(a, name, "A (input)")
+        lam_g, q_g = _eigh(g, name, "G (output-gradient)")
         layers[name] = LayerEigen(
             q_a.to(dtype), lam_a.clamp(min=0).to(dtype), q_g.to(dtype), lam_g.clamp(min=0).to(dtype)
         )
     return KFACEigen(layers, factors.fisher_type, factors.kfac_approx, factors.num_rows)
+
+
+def _eigh(factor: Tensor, layer: str, which: str) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh`` in float64 with errors naming the layer and the factor."""
+    factor = factor.to(torch.float64)
+    check_finite({f"the {which} factor of layer {layer}": factor}, "curvature eigendecomposition",
+                 "the factors were accumulated from NaN/Inf activations or gradients (check the model's weights), or "
+                 "the factors file is corrupt")
+    try:
+        return torch.linalg.eigh(factor)
+    except torch.linalg.LinAlgError as error:
+        raise NumericalError(f"curvature eigendecomposition: eigh of the {which} factor of layer {layer} failed "
+                             f"({' '.join(str(error).split())[:100]}); the factors file is corrupt or ill-conditioned: "
+                             "refit it (attribute.py --model.overwrite true).") from None
 
 
 def precondition(grads: dict[str, Tensor], eigen: KFACEigen, damping: float) -> dict[str, Tensor]:

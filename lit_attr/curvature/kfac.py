@@ -39,6 +39,7 @@ which is not the type-2 GGN of the pixel-mean loss.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -65,9 +66,9 @@ from lit_attr.curvature.capture import (
 )
 from lit_attr.curvature.layers import gradient_matrix_shape
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
-from lit_attr.diffusion.loss import EpsModel, expand_draws
+from lit_attr.diffusion.loss import EpsModel, call_model, expand_draws, expand_labels
 from lit_attr.diffusion.schedule import DiffusionSchedule
-from lit_attr.errors import ConfigError
+from lit_attr.errors import ConfigError, DamagedOutputError
 from lit_attr.seeding import generator_for
 
 log = logging.getLogger(__name__)
@@ -229,25 +230,29 @@ class RowPassAccumulator:
 
     def update_ddpm(
         self, eps_model: EpsModel, schedule: DiffusionSchedule, x0: Tensor, timesteps: Tensor, noise: Tensor,
-        example_indices: Tensor,
+        example_indices: Tensor, labels: Tensor | None = None,
     ) -> None:
         """``update`` for the DDPM loss: the rows are ``(x_t, t)`` with ``x_t = q_sample(x0, t, eps)``.
 
         Args:
-            eps_model: ``eps_model(x_t, t) -> eps_hat``.
+            eps_model: ``eps_model(x_t, t[, labels]) -> output``.
             schedule: the forward process.
             x0: images (B, C, H, W).
             timesteps: (B, S) draws (``lit_attr.diffusion.draws``).
-            noise: (B, S, C, H, W) draws; also the empirical Fisher's targets.
+            noise: (B, S, C, H, W) draws; the empirical Fisher's targets are ``schedule.training_target`` (eps itself
+                for epsilon prediction).
             example_indices: (B,) stable dataset indices.
+            labels: (B,) class labels of a class-conditional model, or None.
         """
         timesteps, noise = timesteps.to(x0.device), noise.to(x0)
+        x0_rows, t_rows, noise_rows = expand_draws(x0, timesteps, noise)
+        label_rows = expand_labels(labels, timesteps.shape[1])
 
         def forward_fn() -> Tensor:
-            x0_rows, t_rows, noise_rows = expand_draws(x0.clone(), timesteps.clone(), noise.clone())
-            return eps_model(schedule.q_sample(x0_rows, t_rows, noise_rows), t_rows)
+            x_t = schedule.q_sample(x0_rows.clone(), t_rows.clone(), noise_rows.clone())
+            return call_model(eps_model, x_t, t_rows, label_rows)
 
-        self.update(forward_fn, example_indices, targets=noise.reshape(-1, *noise.shape[2:]))
+        self.update(forward_fn, example_indices, targets=schedule.training_target(x0_rows, noise_rows, t_rows))
 
     def _add_inputs(self, inputs: dict[str, Tensor]) -> None:
         raise NotImplementedError
@@ -340,7 +345,7 @@ def iterate_ddpm_batches(
         timesteps, noise = draw_for_batch(
             batch["index"], num_draws, tuple(x0.shape[1:]), schedule.num_timesteps, seed, CURVATURE_STREAM, draw_scheme
         )
-        accumulator.update_ddpm(eps_model, schedule, x0, timesteps, noise, batch["index"])
+        accumulator.update_ddpm(eps_model, schedule, x0, timesteps, noise, batch["index"], batch.get("label"))
 
 
 def fit_kfac_factors(
@@ -380,8 +385,19 @@ def fit_kfac_factors(
 
 # ---------------------------------------------------------------------------- storage
 
+REFIT_FIX = "delete the file or rerun attribute.py with --model.overwrite true to refit it."
 FACTORS_KEY = "lit_attr_factors"
 METADATA_KEY = "metadata"
+CHECKSUM_KEY = "content_sha256"
+"""Header entry: SHA-256 of every tensor's bytes (in key order), verified by ``load_factors``."""
+
+
+def _tensors_checksum(tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def factors_path(output_dir: str | Path, name: str = "kfac") -> Path:
@@ -410,18 +426,32 @@ def save_factors(path: str | Path, factors: KFACFactors, metadata: dict | None =
         "kfac_approx": factors.kfac_approx.value, "mc_samples": factors.mc_samples,
     }
     extra = metadata if metadata is not None else factors.metadata
-    meta = {FACTORS_KEY: json.dumps(info), METADATA_KEY: json.dumps(extra)}
+    meta = {FACTORS_KEY: json.dumps(info), METADATA_KEY: json.dumps(extra), CHECKSUM_KEY: _tensors_checksum(tensors)}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
 def load_factors(path: str | Path, device: str | torch.device = "cpu") -> KFACFactors:
-    """Load factors written by ``save_factors``; their metadata dict is in ``.metadata``."""
-    with safe_open(str(path), framework="pt", device=str(device)) as handle:
-        meta = handle.metadata()
-        info = json.loads(meta[FACTORS_KEY])
-        factors = {name: (handle.get_tensor(f"{name}/A"), handle.get_tensor(f"{name}/G")) for name in info["names"]}
+    """Load factors written by ``save_factors``; their metadata dict is in ``.metadata``.
+
+    Raises:
+        DamagedOutputError: the file cannot be read or its tensors do not match the stored checksum.
+    """
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            meta = handle.metadata()
+            info = json.loads(meta[FACTORS_KEY])
+            factors = {name: (handle.get_tensor(f"{name}/A"), handle.get_tensor(f"{name}/G")) for name in info["names"]}
+    except Exception as error:  # noqa: BLE001 - truncated or foreign files fail in many ways
+        raise DamagedOutputError(f"K-FAC factors {path} cannot be read ({type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:100]}); {REFIT_FIX}") from None
+    stored = meta.get(CHECKSUM_KEY)
+    tensors = {key: t for name, (a, g) in factors.items() for key, t in ((f"{name}/A", a), (f"{name}/G", g))}
+    if stored is not None and stored != _tensors_checksum(tensors):
+        raise DamagedOutputError(f"K-FAC factors {path} do not match their checksum (changed after they were "
+                                 f"written); {REFIT_FIX}")
+    factors = {name: (a.to(device), g.to(device)) for name, (a, g) in factors.items()}
     return KFACFactors(
         factors, info["num_rows"], FisherType(info["fisher_type"]), KFACApprox(info["kfac_approx"]),
         info["mc_samples"], json.loads(meta[METADATA_KEY]),

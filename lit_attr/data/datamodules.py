@@ -14,9 +14,10 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_attr.data.datasets import DatasetConfig, IndexedDataset
+from lit_attr.data.resumable import ResumableDataLoader
 from lit_attr.errors import ConfigError, DataError
 
-DatasetName = Literal["digits", "cifar10", "cifar2", "folder"]
+DatasetName = Literal["digits", "patches", "cifar10", "cifar2", "folder"]
 
 
 def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -113,6 +114,12 @@ class _IndexedDataModule(LightningDataModule):
         if self._dataset is None:
             self._dataset = self.config.build()
 
+    def use_dataset(self, dataset: IndexedDataset) -> None:
+        """Serve ``dataset`` (the same examples in another form, e.g. cached latents) instead of the built one."""
+        if list(dataset.indices) != list(self.dataset.indices):
+            raise DataError("use_dataset needs the same examples (stable indices, in order) as the built dataset.")
+        self._dataset = dataset
+
     def _loader(self, **kwargs: object) -> DataLoader:
         return DataLoader(
             self.dataset,
@@ -163,8 +170,22 @@ class DiffusionDataModule(_IndexedDataModule):
         self._configure(config, batch_size, num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches: index (B,), image (B, C, H, W)."""
-        return self._loader(shuffle=True, drop_last=False)
+        """Shuffled batches: index (B,), image (B, C, H, W).
+
+        On one process the loader is a ``ResumableDataLoader`` (same orders as ``shuffle=True``, and
+        ``--ckpt_path`` continues an interrupted epoch exactly); under DDP Lightning's
+        ``DistributedSampler`` shuffles (a resumed run restarts the interrupted epoch's order).
+        """
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return self._loader(shuffle=True, drop_last=False)
+        return ResumableDataLoader(self.dataset, self._batches_done, batch_size=self.batch_size,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch already trained on (saved with a checkpoint)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 class AttributionDataModule(_IndexedDataModule):

@@ -3,11 +3,13 @@
 Every item is a dict ``{"index": int, "image": Tensor}``: ``image`` is float32 of shape
 (C, H, W) scaled to [-1, 1], and ``index`` is the example's *stable* index, which names it in
 score matrices (rows of shape (num_train, num_queries)), done masks and index files whatever the
-shuffling, batch size or device count. CIFAR items also carry ``"label": int`` (CIFAR-10 label).
+shuffling, batch size or device count. Digits and CIFAR items also carry ``"label": int`` (the digit,
+the CIFAR-10 label), used by class-conditional models.
 
 Datasets (``DATASET_NAMES``):
 
 - ``digits``: scikit-learn's 1797 grey 8x8 digits (values 0..16), shipped with scikit-learn.
+- ``patches``: 2080 colour 8x8 tiles of scikit-learn's two sample photographs (``lit_attr.data.patches``).
 - ``cifar10``: the CIFAR-10 python batches in a local folder; never downloaded.
 - ``cifar2``: CIFAR-2 of Mlodozeniec et al., "Influence Functions for Scalable Data Attribution
   in Diffusion Models", App. G.1 (after Zheng et al., 2024): ``num_per_class`` automobiles
@@ -33,7 +35,9 @@ from torch.utils.data import Dataset
 
 from lit_attr.errors import ConfigError, DataError
 
-DATASET_NAMES = ("digits", "cifar10", "cifar2", "folder")
+DATASET_NAMES = ("digits", "patches", "cifar10", "cifar2", "folder")
+BUNDLED_DATASETS = ("digits", "patches")
+"""Datasets that ship with an installed package (no ``--data.data_dir``)."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -42,7 +46,7 @@ CIFAR_META_FILE = "batches.meta"
 CIFAR_FILES = (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE)
 CIFAR2_LABELS = (1, 7)
 """CIFAR-10 labels of the two CIFAR-2 classes: automobile and horse."""
-NATIVE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar2": (3, 32, 32)}
+NATIVE_SHAPES = {"digits": (1, 8, 8), "patches": (3, 8, 8), "cifar10": (3, 32, 32), "cifar2": (3, 32, 32)}
 
 
 class IndexedDataset(Dataset):
@@ -101,11 +105,12 @@ class ArrayImageDataset(IndexedDataset):
 
 
 def load_digits_dataset(random_flip: bool = False) -> ArrayImageDataset:
-    """scikit-learn's digits: 1797 images of shape (1, 8, 8), ``image = pixels / 8 - 1``."""
+    """scikit-learn's digits: 1797 images of shape (1, 8, 8), ``image = pixels / 8 - 1``, labels 0..9."""
     from sklearn.datasets import load_digits
 
-    raw = torch.from_numpy(load_digits().images).to(torch.float32).unsqueeze(1)
-    return ArrayImageDataset(raw, max_value=16.0, random_flip=random_flip)
+    digits = load_digits()
+    raw = torch.from_numpy(digits.images).to(torch.float32).unsqueeze(1)
+    return ArrayImageDataset(raw, max_value=16.0, labels=digits.target.tolist(), random_flip=random_flip)
 
 
 def find_cifar_folder(data_dir: str | Path) -> Path:
@@ -214,15 +219,16 @@ def load_cifar2_dataset(
     return dataset
 
 
-def find_image_files(root: str | Path) -> list[str]:
+def find_image_files(root: str | Path, flag: str = "--data.data_dir") -> list[str]:
     """Relative POSIX paths of the PNG/JPEG files under ``root`` (recursive), sorted.
 
     Raises:
-        DataError: if ``root`` is not a folder or holds no image with an ``IMAGE_EXTENSIONS`` suffix.
+        DataError: if ``root`` is not a folder or holds no image with an ``IMAGE_EXTENSIONS`` suffix;
+            the message names ``flag``, the argument that gave the folder.
     """
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise DataError(f"Image folder {folder} does not exist; pass an existing folder with --data.data_dir.")
+        raise DataError(f"Image folder {folder} does not exist; pass an existing folder with {flag}.")
     files = sorted(
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")
@@ -231,7 +237,7 @@ def find_image_files(root: str | Path) -> list[str]:
     if not files:
         raise DataError(
             f"Image folder {folder} contains no images (searched recursively for "
-            f"{', '.join(IMAGE_EXTENSIONS)}, any case); add images or pass another --data.data_dir."
+            f"{', '.join(IMAGE_EXTENSIONS)}, any case); add images or pass another {flag}."
         )
     return files
 
@@ -256,11 +262,13 @@ class ImageFolderDataset(IndexedDataset):
         image_size: side of the square output images.
         channels: 1 (grey) or 3 (RGB).
         random_flip: flip images left-right with probability 1/2 (training augmentation).
+        flag: the argument that gave ``root``, named in errors.
     """
 
-    def __init__(self, root: str | Path, image_size: int, channels: int, random_flip: bool = False) -> None:
+    def __init__(self, root: str | Path, image_size: int, channels: int, random_flip: bool = False,
+                 flag: str = "--data.data_dir") -> None:
         self.root = Path(root).expanduser()
-        self.files = find_image_files(self.root)
+        self.files = find_image_files(self.root, flag)
         self.image_size, self.mode = image_size, "L" if channels == 1 else "RGB"
         self.random_flip = random_flip
         self.indices = list(range(len(self.files)))
@@ -442,7 +450,7 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         image_shape_for(self.name, self.image_size, self.channels)
-        if self.name != "digits" and not self.data_dir:
+        if self.name not in BUNDLED_DATASETS and not self.data_dir:
             what = "image folder" if self.name == "folder" else "cifar-10-batches-py folder or its parent"
             raise ConfigError(f"dataset={self.name!r} needs --data.data_dir (the {what}); none was given.")
         if self.name == "cifar2" and not self.train:
@@ -462,6 +470,10 @@ class DatasetConfig:
         """The full dataset, before ``subset_file`` is applied."""
         if self.name == "digits":
             return load_digits_dataset(self.random_flip)
+        if self.name == "patches":
+            from lit_attr.data.patches import load_patches_dataset  # patches imports this module
+
+            return load_patches_dataset(self.random_flip)
         if self.name == "cifar10":
             return load_cifar10_dataset(self.data_dir, self.train, self.random_flip)
         if self.name == "cifar2":

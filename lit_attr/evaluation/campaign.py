@@ -41,6 +41,7 @@ from lit_attr.retraining import (
     job_done,
     mark_job_done,
     plan_retraining,
+    read_subsets,
     read_subsets_manifest,
     scale_steps,
     subsets_exist,
@@ -299,12 +300,19 @@ class Benchmark:
 
     # ------------------------------------------------------------------ removal
     def removal_jobs(self) -> list[TrainingJob]:
-        """Models without each tested query's top influences, and one random control per fraction."""
+        """Per removal method: models without each tested query's top influences, and a random control per fraction."""
         rem = self.config.removal
         if not rem.queries:
             return []
-        method = next(m for m in self.config.methods if m.name == rem.method)
-        scores = torch.from_numpy(removal_scores(self.score_sets(method), rem.measurement, rem.num_draws))
+        jobs = []
+        for name in rem.methods:
+            method = next(m for m in self.config.methods if m.name == name)
+            jobs += self._removal_jobs_of(method)
+        return jobs
+
+    def _removal_jobs_of(self, method: MethodConfig) -> list[TrainingJob]:
+        rem = self.config.removal
+        scores = torch.from_numpy(self.removal_scores(method))
         base = self.root / "removal" / method.name
         jobs = []
         for f_index, fraction in enumerate(rem.fractions):
@@ -320,8 +328,31 @@ class Benchmark:
                     write_index_file(indices, [int(self.dataset.indices[p]) for p in keep.tolist()])
                 steps = scale_steps(self.config.retraining.full_steps, self.num_train, len(keep))
                 job = RetrainJob(q, f_index, self.config.retraining.base_seed, indices, base / name / "run")
-                jobs.append(TrainingJob(job, steps, f"removal {name}"))
+                jobs.append(TrainingJob(job, steps, f"removal {method.name} {name}"))
         return jobs
+
+    def removal_scores(self, method: MethodConfig) -> np.ndarray:
+        """(N, Q) scores that pick the removed examples: ``removal.measurement`` (or the method's own function,
+        e.g. pixel cosine) at ``removal.num_draws``, at the damping with the best mean LDS over all LDS subsets
+        for that target (chosen on the LDS models, never on the removal models)."""
+        from lit_attr.metrics.lds import LinearDatamodelingScore, subsets_to_masks
+
+        rem = self.config.removal
+        chosen = pick_score_set(self.score_sets(method), rem.measurement, rem.num_draws)
+        approx = chosen.approx.index(rem.measurement) if rem.measurement in chosen.approx else 0
+        candidates = chosen.scores[:, approx]  # (N, D, Q)
+        if candidates.shape[1] == 1:
+            return candidates[:, 0]
+        target = list(self.config.true_measurements.measurements).index(rem.measurement)
+        masks = subsets_to_masks(read_subsets(self.root), self.num_train)
+        measured = self.lds_measurements()[:, :, 0, target]
+
+        def mean_lds(d: int) -> float:
+            metric = LinearDatamodelingScore()
+            metric.update(torch.from_numpy(np.ascontiguousarray(candidates[:, d])).double(), masks, measured)
+            return float(metric.compute()["mean"])
+
+        return candidates[:, max(range(candidates.shape[1]), key=mean_lds)]
 
     def save_config(self, text: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -343,13 +374,14 @@ class Benchmark:
                 link.symlink_to(source / name, target_is_directory=(source / name).is_dir())
 
 
-def removal_scores(sets: list[ScoreSet], measurement: str, num_draws: int | None) -> np.ndarray:
-    """(N, Q) scores for ``measurement`` at the default damping with ``num_draws`` draws (None: the most)."""
+def pick_score_set(sets: list[ScoreSet], measurement: str, num_draws: int | None) -> ScoreSet:
+    """The score set with ``num_draws`` draws (None: the most) that can score ``measurement``: it uses that
+    measurement's gradient, or it has a single function of its own (pixel / CLIP cosine, D-TRAK's sqnorm)."""
     chosen = max(sets, key=lambda s: s.draws) if num_draws is None else next(
         (s for s in sets if s.draws == num_draws), None)
     if chosen is None:
         raise ConfigError(f"removal.num_draws={num_draws} is not among the method's report_draws "
                           f"{[s.draws for s in sets]}.")
-    if measurement not in chosen.approx:
+    if measurement not in chosen.approx and len(chosen.approx) > 1:
         raise ConfigError(f"removal.measurement={measurement!r} is not among the method's measurements {chosen.approx}.")
-    return chosen.scores[:, chosen.approx.index(measurement), 0]
+    return chosen

@@ -170,8 +170,9 @@ class RemovalConfig:
     """Query positions to test."""
     fractions: list[float] = field(default_factory=lambda: [0.02, 0.1])
     """Shares of the training set to remove."""
-    method: str = "kfac"
-    """Method whose scores pick the examples."""
+    methods: list[str] = field(default_factory=lambda: ["kfac"])
+    """Methods whose scores pick the examples (each at the damping with its best LDS over all subsets, so the
+    removal evaluation itself never chooses it); the first is the reference of the paired differences."""
     measurement: MeasurementName = "loss"
     """Query measurement of the scores and of the change."""
     num_draws: int | None = None
@@ -206,7 +207,8 @@ class BenchmarkConfig:
             raise ConfigError(f"Method names must be unique; got {names}.")
         if self.reference_method is not None and self.reference_method not in names:
             raise ConfigError(f"reference_method={self.reference_method!r} is not one of the methods {names}.")
-        if self.removal.queries and self.removal.method not in names:
-            raise ConfigError(f"removal.method={self.removal.method!r} is not one of the methods {names}.")
+        unknown = [m for m in self.removal.methods if m not in names]
+        if self.removal.queries and (unknown or not self.removal.methods):
+            raise ConfigError(f"removal.methods {self.removal.methods} must name methods of the benchmark {names}.")
         if any(not 0 <= q < self.queries.num_generated for q in self.removal.queries):
             raise ConfigError(f"removal.queries {self.removal.queries} must lie in [0, {self.queries.num_generated}).")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lit_attr.evaluation.campaign import Benchmark
+from lit_attr.evaluation.selection import cross_fitted, fold_masks
 from lit_attr.measurements import TIMESTEP_PREFIX
 from lit_attr.metrics.lds import (
     LinearDatamodelingScore,
@@ -49,12 +50,19 @@ def _stat(values: torch.Tensor) -> dict[str, float]:
 
 
 def lds(scores: np.ndarray, masks: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-    """LDS (mean, s.e., per query) of (N, Q) scores against (M, K, Q) measurements."""
-    metric = LinearDatamodelingScore()
-    metric.update(torch.from_numpy(np.ascontiguousarray(scores)).double(), masks, targets)
-    out = metric.compute()
+    """LDS (mean, s.e., per query) of (N, Q) scores against (M, K, Q) measurements, and ``folds``: the
+    per-query LDS on each fold of the subsets (``lit_attr.evaluation.selection``)."""
+    scores_t = torch.from_numpy(np.ascontiguousarray(scores)).double()
+    out = _lds(scores_t, masks, targets)
+    folds = [_lds(scores_t, masks[f], targets[f])["lds_per_query"] for f in fold_masks(len(masks))]
     return {"mean": float(out["mean"]), "stderr": float(out["stderr"]),
-            "per_query": [float(v) for v in out["lds_per_query"]]}
+            "per_query": [float(v) for v in out["lds_per_query"]], "folds": [[float(v) for v in f] for f in folds]}
+
+
+def _lds(scores: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    metric = LinearDatamodelingScore()
+    metric.update(scores, masks, targets)
+    return metric.compute()
 
 
 @dataclass
@@ -152,26 +160,34 @@ def substitution_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
-    """Relative change of the measurement after removing top influences vs a random control, per fraction."""
+    """Per method and fraction: relative change of the measurement after removing each query's top influences,
+    the random control, and the paired per-query difference to the first removal method (``vs_reference``)."""
     rem = bench.config.removal
     jobs = bench.removal_jobs() if rem.queries else []
     if not jobs or not all((j.job.run_dir / "done.json").exists() for j in jobs):
         return []
     t = list(bench.config.true_measurements.measurements).index(rem.measurement)
     full = bench.full_measurements()[0, t]
-    by_dir = {j.job.run_dir.parent.name: bench._measurements(j.job.run_dir)[0, t] for j in jobs}
+    queries = torch.tensor(rem.queries)
+    by_dir = {j.job.run_dir.parent.relative_to(bench.root / "removal").as_posix():
+              bench._measurements(j.job.run_dir)[0, t] for j in jobs}
     out = []
     for fraction in rem.fractions:
-        metric = RetrainingWithoutTopInfluences()
-        queries = torch.tensor(rem.queries)
-        removed = torch.stack([by_dir[f"q{q:03d}_top_{fraction:g}"][q] for q in rem.queries])
-        control = by_dir[f"random_{fraction:g}"][queries]
-        metric.update(full[queries], removed, control)
-        res = metric.compute()
-        out.append({"fraction": fraction, "method": rem.method, "measurement": rem.measurement,
-                    "mean": float(res["mean"]), "stderr": float(res["stderr"]),
-                    "control_mean": float(res["control_mean"]), "control_stderr": float(res["control_stderr"]),
-                    "per_query": [float(v) for v in res["relative_change"]]})
+        reference = None
+        for method in rem.methods:
+            metric = RetrainingWithoutTopInfluences()
+            removed = torch.stack([by_dir[f"{method}/q{q:03d}_top_{fraction:g}"][q] for q in rem.queries])
+            metric.update(full[queries], removed, by_dir[f"{method}/random_{fraction:g}"][queries])
+            res = metric.compute()
+            row = {"fraction": fraction, "method": method, "measurement": rem.measurement,
+                   "mean": float(res["mean"]), "stderr": float(res["stderr"]),
+                   "control_mean": float(res["control_mean"]), "control_stderr": float(res["control_stderr"]),
+                   "per_query": [float(v) for v in res["relative_change"]]}
+            reference = reference or row
+            difference = torch.tensor(row["per_query"]) - torch.tensor(reference["per_query"])
+            mean, stderr = mean_and_stderr(difference.double())
+            row["vs_reference"] = {"method": reference["method"], "mean": float(mean), "stderr": float(stderr)}
+            out.append(row)
     return out
 
 
@@ -184,14 +200,15 @@ def _pm(stat: dict[str, float]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The LDS table, diagnostics and removal table as markdown."""
     reference = next((c["vs_reference"]["method"] for c in results.get("comparison", []) if "vs_reference" in c), "-")
-    lines = ["| method | target | scores from | S | LDS (default damping) | LDS (best damping) | "
-             f"best minus {reference} (paired) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | target | scores from | S | LDS (default damping) | LDS (damping chosen on held-out subsets) | "
+             f"LDS (best damping, optimistic) | held-out minus {reference} (paired) |", "|---|---|---|---|---|---|---|---|"]
     for c in results.get("comparison", []):
         delta = _pm(c["vs_reference"]) if "vs_reference" in c else "n/a"
         draws = c["num_draws"] or "–"
+        chosen = "/".join(f"{d:g}" for d in c["selected"]["dampings"])
         lines.append(f"| {c['method']} | {c['target']} | {c['approx']} | {draws} | "
-                     f"{_pm(c['default'])} ({c['default']['damping']:g}) | {_pm(c['best'])} ({c['best']['damping']:g}) | "
-                     f"{delta} |")
+                     f"{_pm(c['default'])} ({c['default']['damping']:g}) | {_pm(c['selected'])} ({chosen}) | "
+                     f"{_pm(c['best'])} ({c['best']['damping']:g}) | {delta} |")
     lines += [""]
     lines += [f"LDS on {results['num_subsets']} subsets ({results['num_subsets_with_two_seeds']} with two seeds), "
              f"{results['num_queries']} queries, N = {results['num_train']}, seeding protocol "
@@ -223,10 +240,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Not scored yet (run `evaluate.py run`): {', '.join(results['missing_methods'])}."]
     if results["removal"]:
         lines += ["", "Retraining without top influences (relative change of the measurement vs the full model):",
-                  "", "| fraction | method | removed top positive | removed at random |", "|---|---|---|---|"]
+                  "", "| fraction | method | removed top positive | removed at random | minus first method (paired) |",
+                  "|---|---|---|---|---|"]
         for r in results["removal"]:
             lines.append(f"| {r['fraction']:g} | {r['method']} | {_pm(r)} | "
-                         f"{_pm({'mean': r['control_mean'], 'stderr': r['control_stderr']})} |")
+                         f"{_pm({'mean': r['control_mean'], 'stderr': r['control_stderr']})} | "
+                         f"{_pm(r['vs_reference'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -266,9 +285,11 @@ def _headline_rows(results: dict[str, Any], best_damping: bool = False) -> list[
 
 
 def comparison(results: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
-    """The comparison table (like the paper's Fig. 2): LDS at the default and at the best damping.
+    """The comparison table (like the paper's Fig. 2): LDS at the default damping, at the damping chosen on
+    held-out subsets (``selected``: two-fold cross-fitting, ``lit_attr.evaluation.selection``) and at the best
+    damping of the sweep (chosen on the evaluation subsets themselves: optimistic, shown for reference).
 
-    Each row also gets ``vs_reference``: the difference of its best-damping LDS to the ``reference`` method's
+    Each row also gets ``vs_reference``: the difference of its ``selected`` LDS to the ``reference`` method's
     (default: the first method) on the same target, mean ± s.e. over queries of the per-query differences
     (paired: both methods are ranked against the same retrained models, so query difficulty cancels), taken
     at the row's number of draws S when the reference reports it (so S = 32 ablations face S = 32).
@@ -279,26 +300,35 @@ def comparison(results: dict[str, Any], reference: str | None = None) -> list[di
     rows = []
     for r in heads:
         b = best[(r["method"], r["target"])]
+        selected = cross_fitted(_sweep(results, r))
         row = {"method": r["method"], "target": r["target"], "approx": r["approx"], "num_draws": r["num_draws"],
                "default": {"damping": r["damping"], "mean": r["mean"], "stderr": r["stderr"]},
+               "selected": selected,
                "best": {"damping": b["damping"], "mean": b["mean"], "stderr": b["stderr"]}}
         ref = _reference_row(results, best.get((reference, r["target"])), r["num_draws"])
         if ref is not None:
-            mean, stderr = mean_and_stderr(torch.tensor(b["per_query"], dtype=torch.float64)
-                                           - torch.tensor(ref["per_query"], dtype=torch.float64))
+            ref_selected = cross_fitted(_sweep(results, ref))
+            mean, stderr = mean_and_stderr(torch.tensor(selected["per_query"], dtype=torch.float64)
+                                           - torch.tensor(ref_selected["per_query"], dtype=torch.float64))
             row["vs_reference"] = {"method": reference, "mean": float(mean), "stderr": float(stderr)}
         rows.append(row)
     return rows
 
 
+def _sweep(results: dict[str, Any], head: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``head``'s method, target, approximation and S at every damping of its sweep."""
+    key = (head["method"], head["target"], head["approx"], head["num_draws"])
+    return [x for x in results["lds"] if (x["method"], x["target"], x["approx"], x["num_draws"]) == key]
+
+
 def _reference_row(results: dict[str, Any], head: dict[str, Any] | None, num_draws: int) -> dict[str, Any] | None:
-    """The reference method's best-damping row for ``head``'s target and approximation at ``num_draws`` draws
-    (``head`` itself when the reference does not report that S)."""
+    """The reference method's row for ``head``'s target and approximation at ``num_draws`` draws (``head``
+    itself when the reference does not report that S)."""
     if head is None:
         return None
     same = [x for x in results["lds"] if (x["method"], x["target"], x["approx"]) ==
             (head["method"], head["target"], head["approx"]) and x["num_draws"] == num_draws]
-    return max(same, key=lambda x: x["mean"]) if same else head
+    return same[0] if same else head
 
 
 def _figures(bench: Benchmark, results: dict[str, Any], outcomes: BenchmarkOutcomes) -> dict[str, Any]:

@@ -17,6 +17,7 @@ The store holds ``(num_train, G * M * D * Q)`` columns in that order; ``load_var
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,10 @@ class VariantInfluenceModule(InfluenceModule):
             gradients = self.query_gradients()
             rows += [flatten_gradients(precondition(gradients, self.eigen, damping)) for damping in self.dampings]
         return torch.cat(rows)
+
+    def preconditioned_query_blocks(self) -> Iterator[Tensor]:
+        """All rows at once (the base class yields blocks of queries for one measurement and damping)."""
+        yield self.preconditioned_query_gradients()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """``{"index": (B,), "scores": (B, G * M * D * Q)}``, group-major."""

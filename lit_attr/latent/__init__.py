@@ -1,0 +1,2 @@
+"""Latent diffusion: a frozen diffusers ``AutoencoderKL``, its cached training latents, and a small VAE
+LightningModule to train one on bundled data."""
