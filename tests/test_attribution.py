@@ -258,3 +258,22 @@ def test_non_finite_training_image_stops_scoring_naming_the_stage_and_layer(tiny
     with pytest.raises(NumericalError, match=r"training gradients of examples \[0, 1, 2\]\.\.\.: nan in \S+; a training "
                                              r"image holds NaN/Inf"):
         module.training_gradients(batch)
+
+
+def test_non_finite_layer_wise_scores_name_their_cause(tiny_run, reference_scores):
+    """predict_step scores layer by layer (no gradient matrix): a NaN image still names the training gradients'
+    layer, and finite gradients against queries that overflow float32 name the scores."""
+    from lit_attr.attribution.quantize import QueryCompression, compress
+    from lit_attr.errors import NumericalError
+
+    module = attribute_in_process(tiny_run, tiny_run / "reference")
+    data = AttributionDataModule(subset_file=str(tiny_run / "run" / "subset.txt"))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=4)))
+    num_params = module.training_gradients(batch).shape[1]
+    module.query_rows = compress(torch.full((2, num_params), 1e38), QueryCompression.INT8)
+    with pytest.raises(NumericalError, match=r"scoring of examples \[0, 1, 2\]\.\.\.: .*overflow float32"):
+        module.predict_step(batch, 0)
+    batch["image"][1, 0, 2, 2] = float("nan")
+    with pytest.raises(NumericalError, match=r"training gradients of examples \[0, 1, 2\]\.\.\.: nan in \S+"):
+        module.predict_step(batch, 0)
