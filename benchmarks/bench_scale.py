@@ -14,10 +14,11 @@ the ``configs/cifar10.yaml`` U-Net (random weights: the cost does not depend on 
 It prints the time and the peak memory of each stage, the size of what each stage keeps, the cost per
 row of the scoring and curvature passes relative to a plain forward+backward over the same rows
 (interleaved on the first ``--ratio-batches`` batches, best of 2), and a projection for the paper's
-CIFAR-10 job (50,000 examples x 250 draws, 250 curvature draws, 200 queries x 250 draws) on this CPU
-and on 1 and 8 GPUs. The GPU projection uses FLOP counts (torch's FLOP counter for the
-forward+backward; lit-attr's own count for K-FAC's sums) and an assumed sustained GPU throughput
-(``--gpu-tflops``, a stated assumption, not a measurement; ``benchmarks/run_gpu.sh`` measures it).
+CIFAR-10 job (50,000 examples x 250 draws, 250 curvature draws, 200 queries x 250 draws): at the
+per-row rates measured here ("measured", on ``--device``: this CPU, or the GPU) and on 1 and 8 GPUs
+from FLOP counts (torch's FLOP counter for the forward+backward; lit-attr's own count for K-FAC's
+sums) and an assumed sustained GPU throughput (``--gpu-tflops``, a stated assumption, not a
+measurement; the "measured" column of a ``--device cuda`` run is the measurement).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def main() -> None:
     score_ratio = ratios["scoring"].seconds / ratios["floor"].seconds
     kfac_ratio = ratios["kfac"].seconds / ratios["floor_curv"].seconds
     curv_rows = sum(len(b.timesteps.flatten()) for b in few_curv)
-    print(f"\nper row (best of 2, interleaved): forward+backward {floor_row:.3f} s; scoring pass {score_ratio:.2f}x "
+    print(f"\nper row (best of 2, interleaved): forward+backward {floor_row * 1e3:.2f} ms; scoring pass {score_ratio:.2f}x "
           f"(over {rows_ratio} rows in batches of {args.examples_per_batch * args.num_draws}); K-FAC pass "
           f"{kfac_ratio:.2f}x (over {curv_rows} rows in one batch) the forward+backward over the same rows")
 
@@ -184,7 +185,7 @@ def main() -> None:
           f"{2 * num_params * PAPER['queries'] / PAPER['draws'] / 1e9:.2f} GFLOP per row)")
     print(f"Projection, paper's CIFAR-10 job ({PAPER['examples']:,} examples x {PAPER['draws']} draws, "
           f"{PAPER['curvature_draws']} curvature draws, {PAPER['queries']} queries x {PAPER['query_draws']} draws):")
-    print(f"{'stage':<11s} {'rows':>12s} {'this CPU':>12s} {'1 GPU':>11s} {'8 GPUs':>11s}")
+    print(f"{'stage':<11s} {'rows':>12s} {'measured':>12s} {'1 GPU':>11s} {'8 GPUs':>11s}")
     for name in rows:
         print(f"{name:<11s} {rows[name]:12,d} {hours(cpu_seconds[name])} {hours(gpu_seconds[name])} "
               f"{hours(gpu_seconds[name] / (8 if name != 'queries' else 1))}")
