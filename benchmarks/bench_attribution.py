@@ -4,7 +4,8 @@
 
 Same model, same 1797 x S rows, same batches: (a) the floor: forward + backward of the batch's mean
 loss with parameter gradients, as in training; (b) the scoring pass: per-example gradients of
-every example (hooks + batched matmuls) and their scores against Q preconditioned int8 queries;
+every example (hooks + batched matmuls) scored layer by layer against Q preconditioned int8 queries
+(``per_example_loss_scores``, what ``attribute.py`` runs);
 (c) the curvature pass (K-FAC factors, MC-Fisher, expand) over S_curv draws per example.
 """
 
@@ -15,8 +16,9 @@ import time
 
 import torch
 
-from lit_attr.attribution.gradients import flatten_gradients, per_example_loss_gradients
-from lit_attr.attribution.quantize import compress, score_against
+import benchlib  # noqa: F401  (puts this checkout's lit_attr first on sys.path)
+from lit_attr.attribution.gradients import per_example_loss_scores
+from lit_attr.attribution.quantize import compress
 from lit_attr.curvature.kfac import fit_kfac_factors
 from lit_attr.curvature.layers import num_kfac_parameters, select_kfac_modules
 from lit_attr.data.datasets import load_digits_dataset
@@ -61,8 +63,7 @@ def main() -> None:
 
     def scoring() -> None:
         for batch, (t, noise) in zip(data, draws):
-            grads = per_example_loss_gradients(unet_eps_model(unet), schedule, modules, batch["image"], t, noise, unet)
-            score_against(queries, flatten_gradients(grads))
+            per_example_loss_scores(unet_eps_model(unet), schedule, modules, batch["image"], t, noise, queries, unet)
 
     def curvature() -> None:
         fit_kfac_factors(unet_eps_model(unet), schedule, modules, data, args.curvature_draws, model=unet)

@@ -171,15 +171,17 @@ class KFACCallback(L.Callback):
         unet.eval()
         progress = self.progressbar and trainer.is_global_zero
         accumulator = KFACAccumulator(modules, self.fisher_type, self.kfac_approx, self.mc_samples, seed, unet)
-        iterate_ddpm_batches(accumulator, unet_eps_model(unet), schedule, loader, self.num_draws, seed, scheme,
-                             progress, "K-FAC factors")
+        with trainer.precision_plugin.forward_context():  # --trainer.precision bf16-mixed: autocast, fp32 sums
+            iterate_ddpm_batches(accumulator, unet_eps_model(unet), schedule, loader, self.num_draws, seed, scheme,
+                                 progress, "K-FAC factors")
         _all_reduce(trainer, accumulator.state_tensors())
         factors = accumulator.finalize()
         eigen = eigendecompose_factors(factors)
         if self.eigenvalue_correction:
             corrector = EigenvalueCorrectionAccumulator(modules, eigen, self.fisher_type, self.mc_samples, seed, unet)
-            iterate_ddpm_batches(corrector, unet_eps_model(unet), schedule, loader, self.num_draws, seed, scheme,
-                                 progress, "EK-FAC eigenvalues")
+            with trainer.precision_plugin.forward_context():
+                iterate_ddpm_batches(corrector, unet_eps_model(unet), schedule, loader, self.num_draws, seed, scheme,
+                                     progress, "EK-FAC eigenvalues")
             _all_reduce(trainer, corrector.state_tensors())
             eigen = corrector.finalize()
             _check_corrected(eigen, "EK-FAC eigenvalue pass", "a training image or the model's output is not finite")

@@ -33,7 +33,8 @@ def tiny_run(tmp_path_factory):
     return root
 
 
-def attribute_in_process(tiny_run, output_dir, batch_size=32, curvature_draws=2, subset=True, **module_kwargs):
+def attribute_in_process(tiny_run, output_dir, batch_size=32, curvature_draws=2, subset=True, precision=None,
+                         **module_kwargs):
     """Run the attribution with a Trainer in this process; returns the module."""
     # damping 1e-4: with only 192 curvature rows the tiny problem is rank-deficient, and at 1e-8 the
     # float32 rounding of the training gradients (which depends on the batch shape) would be
@@ -46,7 +47,7 @@ def attribute_in_process(tiny_run, output_dir, batch_size=32, curvature_draws=2,
     subset_file = str(tiny_run / "run" / "subset.txt") if subset else None
     data = AttributionDataModule(subset_file=subset_file, batch_size=batch_size)
     trainer = L.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=output_dir,
+                        enable_model_summary=False, default_root_dir=output_dir, precision=precision,
                         callbacks=[KFACCallback(num_draws=curvature_draws, progressbar=False), ScoreWriter()])
     run_attribution(trainer, module, data)
     return module
@@ -71,6 +72,17 @@ def test_outputs_are_complete(reference_scores):
     for name in ("report.md", "influence.png", "queries.png", "queries.pt", "train_indices.npy"):
         assert (out / name).stat().st_size > 0
     assert (out / "factors" / "factors.safetensors").exists()
+
+
+def test_bf16_mixed_scores_agree_with_float32(tiny_run, reference_scores):
+    """``--trainer.precision bf16-mixed``: bf16 forward/backward, float32 factors and scores."""
+    out, scores = reference_scores
+    module = attribute_in_process(tiny_run, tiny_run / "bf16", precision="bf16-mixed")
+    bf16 = load_scores(tiny_run / "bf16")
+    assert not np.array_equal(bf16, scores)  # the reduced precision did run
+    assert bf16.dtype == np.float32 and module.query_rows.scales.dtype == torch.float32
+    for q in range(scores.shape[1]):
+        assert spearmanr(bf16[:, q], scores[:, q]).statistic >= 0.99, q
 
 
 def assert_same_curvature(dir_a, dir_b):
@@ -246,3 +258,22 @@ def test_non_finite_training_image_stops_scoring_naming_the_stage_and_layer(tiny
     with pytest.raises(NumericalError, match=r"training gradients of examples \[0, 1, 2\]\.\.\.: nan in \S+; a training "
                                              r"image holds NaN/Inf"):
         module.training_gradients(batch)
+
+
+def test_non_finite_layer_wise_scores_name_their_cause(tiny_run, reference_scores):
+    """predict_step scores layer by layer (no gradient matrix): a NaN image still names the training gradients'
+    layer, and finite gradients against queries that overflow float32 name the scores."""
+    from lit_attr.attribution.quantize import QueryCompression, compress
+    from lit_attr.errors import NumericalError
+
+    module = attribute_in_process(tiny_run, tiny_run / "reference")
+    data = AttributionDataModule(subset_file=str(tiny_run / "run" / "subset.txt"))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=4)))
+    num_params = module.training_gradients(batch).shape[1]
+    module.query_rows = compress(torch.full((2, num_params), 1e38), QueryCompression.INT8)
+    with pytest.raises(NumericalError, match=r"scoring of examples \[0, 1, 2\]\.\.\.: .*overflow float32"):
+        module.predict_step(batch, 0)
+    batch["image"][1, 0, 2, 2] = float("nan")
+    with pytest.raises(NumericalError, match=r"training gradients of examples \[0, 1, 2\]\.\.\.: nan in \S+"):
+        module.predict_step(batch, 0)

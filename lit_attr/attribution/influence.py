@@ -27,9 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_attr.attribution.gradients import flatten_gradients, per_example_gradients, per_example_loss_gradients
+from lit_attr.attribution.gradients import (
+    flatten_gradients,
+    per_example_gradients,
+    per_example_loss_gradients,
+    per_example_loss_scores,
+)
 from lit_attr.attribution.memory import RunShape, activation_bytes_per_row, check_memory
-from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, concat_compressed, score_against
+from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, concat_compressed
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries, planned_num_queries
 from lit_attr.constants import FACTORS_FILE, LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
 from lit_attr.curvature.eigen import KFACEigen, precondition
@@ -260,9 +265,10 @@ class InfluenceModule(L.LightningModule):
             raise RuntimeError("KFACCallback did not provide the curvature.")
         start = time.perf_counter()
         blocks = []
-        for rows in self.preconditioned_query_blocks():
-            check_finite({"preconditioned query gradients": rows}, "query preconditioning", CURVATURE_CAUSE)
-            blocks.append(compress(rows, self.query_compression))
+        with self.trainer.precision_plugin.forward_context():  # as predict_step: bf16-mixed autocasts
+            for rows in self.preconditioned_query_blocks():
+                check_finite({"preconditioned query gradients": rows}, "query preconditioning", CURVATURE_CAUSE)
+                blocks.append(compress(rows, self.query_compression))
         self.query_rows = concat_compressed(blocks)
         self.timings["queries_s"] = time.perf_counter() - start
 
@@ -300,21 +306,38 @@ class InfluenceModule(L.LightningModule):
         return torch.cat(list(self.preconditioned_query_blocks()))
 
     # ------------------------------------------------------------------ training rows
+    def training_draws(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> tuple[Tensor, Tensor]:
+        """The S seeded (timestep, noise) draws of each example of the batch: (B, S) and (B, S, C, H, W)."""
+        x0 = batch["image"]
+        return draw_for_batch(batch["index"].cpu(), self.num_draws, tuple(x0.shape[1:]),
+                              self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
+
     def training_gradients(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
         """Per-example loss gradients averaged over S draws (stream ``train``): (B, num_params)."""
-        x0 = batch["image"]
-        timesteps, noise = draw_for_batch(batch["index"].cpu(), self.num_draws, tuple(x0.shape[1:]),
-                                          self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
+        timesteps, noise = self.training_draws(batch, stream)
         grads = per_example_loss_gradients(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
-                                           self.kfac_modules, x0, timesteps, noise, self.ddpm.attribution_unet,
-                                           batch.get("label"))
+                                           self.kfac_modules, batch["image"], timesteps, noise,
+                                           self.ddpm.attribution_unet, batch.get("label"))
         flat = flatten_gradients(grads)
         if not bool(torch.isfinite(flat).all()):  # one reduction per batch; name the layer only on failure
             check_finite(grads, f"training gradients of examples {batch['index'][:3].tolist()}...", TRAINING_CAUSE)
         return flat
 
+    def training_scores(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
+        """Scores of the batch's examples against the stored queries, layer by layer: (B, num_queries).
+
+        Equal to ``score_against(self.query_rows, self.training_gradients(batch, stream))`` without
+        forming the (B, num_params) gradient matrix (``per_example_scores``).
+        """
+        timesteps, noise = self.training_draws(batch, stream)
+        return per_example_loss_scores(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
+                                       self.kfac_modules, batch["image"], timesteps, noise, self.query_rows,
+                                       self.ddpm.attribution_unet, batch.get("label"))
+
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """A block of score rows: ``{"index": (B,), "scores": (B, num_queries)}`` (sign: see module docstring)."""
-        scores = score_against(self.query_rows, self.training_gradients(batch))
-        check_finite({"scores": scores}, f"scoring of examples {batch['index'][:3].tolist()}...", SCORE_CAUSE)
+        scores = self.training_scores(batch)
+        if not bool(torch.isfinite(scores).all()):  # the layer-wise pass never forms the gradients: name the cause
+            self.training_gradients(batch)  # raises (naming the layer) if the gradients themselves are not finite
+            check_finite({"scores": scores}, f"scoring of examples {batch['index'][:3].tolist()}...", SCORE_CAUSE)
         return {"index": batch["index"], "scores": scores}

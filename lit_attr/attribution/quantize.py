@@ -95,9 +95,37 @@ def score_against(compressed: CompressedRows, train_grads: Tensor, chunk_size: i
     """
     if train_grads.shape[1] != compressed.shape[1]:
         raise ValueError(f"train_grads has D={train_grads.shape[1]}, the queries D={compressed.shape[1]}.")
-    train = train_grads.float()
+    return apply_scales(compressed, unscaled_block_scores(compressed, train_grads, 0, chunk_size))
+
+
+def unscaled_block_scores(compressed: CompressedRows, block: Tensor, start: int, chunk_size: int = 2**16) -> Tensor:
+    """``block @ values[:, start : start + d]^T`` in float32, without the int8 scales: (B, Q).
+
+    Scores are sums of such products over the column blocks of D (e.g. one per layer; see
+    ``lit_attr.attribution.gradients.per_example_scores``); ``apply_scales`` finishes them.
+
+    Args:
+        compressed: Q compressed query rows of dimension D.
+        block: (B, d) training-gradient columns ``start ... start + d - 1`` (any float dtype).
+        start: first column of the block in D.
+        chunk_size: columns converted to float32 at once.
+    """
+    if start < 0 or start + block.shape[1] > compressed.shape[1]:
+        raise ValueError(f"Columns {start}..{start + block.shape[1]} are outside the queries' D={compressed.shape[1]}.")
+    train = block.float()
     scores = train.new_zeros(train.shape[0], compressed.shape[0])
-    for start in range(0, train.shape[1], chunk_size):
-        block = compressed.values[:, start : start + chunk_size].to(train)
-        scores.addmm_(train[:, start : start + chunk_size], block.T)
-    return scores * compressed.scales.to(train)[None] if compressed.scales is not None else scores
+    with torch.autocast(device_type=train.device.type, enabled=False):  # float32 under bf16-mixed
+        for offset in range(0, train.shape[1], chunk_size):
+            stop = min(offset + chunk_size, train.shape[1])
+            scores.addmm_(train[:, offset:stop], unscaled_columns(compressed, start + offset, stop - offset).T)
+    return scores
+
+
+def unscaled_columns(compressed: CompressedRows, start: int, size: int) -> Tensor:
+    """Columns ``start ... start + size - 1`` of the stored rows in float32, without the int8 scales: (Q, size)."""
+    return compressed.values[:, start : start + size].float()
+
+
+def apply_scales(compressed: CompressedRows, scores: Tensor) -> Tensor:
+    """Multiply (B, Q) unscaled scores by the per-query int8 scales (no-op for fp16/none)."""
+    return scores * compressed.scales.to(scores)[None] if compressed.scales is not None else scores

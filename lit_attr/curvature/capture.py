@@ -10,8 +10,9 @@ positions (conv output pixels, attention tokens; P = 1 for a plain Linear), the 
 and the *reduce* views (Eschenhagen et al. 2023, K-FAC-reduce) are the mean of ``a`` over P and the
 sum of ``g`` over P. Everything K-FAC, EK-FAC and per-example gradients need is a contraction of
 these views; the functions below compute those contractions without materialising the expanded
-conv patches (``conv_patch_gram`` for K-FAC's A, a grouped-conv weight gradient for per-example
-gradients); ``expanded_inputs`` is the plain ``F.unfold`` view, kept for clarity and tests.
+conv patches of a whole batch (``conv_gram.conv_patch_gram`` for K-FAC's A,
+``conv_grads.conv_group_gradients`` for per-example gradients); ``expanded_inputs`` is the plain
+``F.unfold`` view, kept for clarity and tests.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 import weakref
 from contextlib import contextmanager
-from functools import lru_cache, partial
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_attr.curvature.layers import conv_output_size, conv_padding, has_bias
+from lit_attr.curvature.conv_grads import conv_group_gradients, unfolded_group_scores, uses_unfolded_kernel
+from lit_attr.curvature.conv_gram import conv_patch_gram, conv_plan_for
+from lit_attr.curvature.layers import conv_padding, has_bias
 from lit_attr.errors import ConfigError, UnsupportedLayerError
 
 
@@ -141,6 +144,16 @@ class LayerCapture:
 # ---------------------------------------------------------------------------- expanded / reduced views
 
 
+def autocast_off(device: torch.device) -> torch.autocast:
+    """Autocast disabled on ``device``: contractions of captured tensors keep float32 under bf16-mixed."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is float16/bfloat16 (captures under autocast), else unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _store_grad(capture_ref: weakref.ref, name: str, grad: Tensor) -> None:
     """Tensor hook: record dL/dz of layer ``name`` in the (still alive) capture."""
     capture = capture_ref()
@@ -176,7 +189,7 @@ def expanded_grad_outputs(module: nn.Module, g: Tensor) -> Tensor:
 def reduced_inputs(module: nn.Module, x: Tensor) -> Tensor:
     """K-FAC-reduce inputs: the mean of the expanded inputs over positions, (R, in_eff [+1])."""
     if isinstance(module, nn.Conv2d):
-        plan = _conv_plan_for(module, x)
+        plan = conv_plan_for(module, x)
         sums = x.flatten(2) @ plan.tap_windows.to(x).T  # (R, C, kk): window sum per tap
         a = (sums / plan.num_positions).flatten(1)
     else:
@@ -205,7 +218,7 @@ def input_covariance_sum(module: nn.Module, x: Tensor, reduce: bool = False) -> 
         a = reduced_inputs(module, x)
         return a.T @ a, a.shape[0]
     if isinstance(module, nn.Conv2d):
-        plan = _conv_plan_for(module, x)
+        plan = conv_plan_for(module, x)
         gram = conv_patch_gram(module, x, plan)
         col = (x.sum(dim=0).flatten(1) @ plan.tap_windows.to(x).T).flatten()  # sum_{r,p} a_rp, (C kk,)
         count = x.shape[0] * plan.num_positions
@@ -230,89 +243,6 @@ def grad_covariance_sum(module: nn.Module, g: Tensor, reduce: bool = False) -> T
     return flat.T @ flat
 
 
-class _ConvPlan:
-    """Index bookkeeping of ``conv_patch_gram`` for one conv geometry and input size.
-
-    ``tap_windows`` (kk, H W): indicator of the input pixels tap t reads over all output positions.
-    ``shifts``: per canonical displacement (one of each pair +-delta) between two taps, the flat
-    shift, the valid range [q0, q1) of flat input pixels q, the tap pairs (t1, t2) with that
-    displacement, and masks (pairs, q1 - q0) selecting the q that tap t1 reads while tap t2 reads
-    ``q + shift`` inside the image.
-    """
-
-    def __init__(self, kernel, stride, dilation, padding, height: int, width: int, out_size) -> None:
-        self.num_positions = out_size[0] * out_size[1]
-        taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
-        q = torch.arange(height * width)
-        qy, qx = q // width, q % width
-
-        def reads(tap: tuple[int, int], qy: Tensor, qx: Tensor) -> Tensor:
-            ok = torch.ones_like(qy, dtype=torch.bool)
-            for coord, t, s, d, p, n in zip((qy, qx), tap, stride, dilation, padding, out_size):
-                o = coord - (t * d - p)
-                ok &= (o >= 0) & (o % s == 0) & (o < s * n)
-            return ok
-
-        self.tap_windows = torch.stack([reads(t, qy, qx) for t in taps]).double()
-        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for i1, t1 in enumerate(taps):
-            for i2, t2 in enumerate(taps):
-                dy, dx = (t2[0] - t1[0]) * dilation[0], (t2[1] - t1[1]) * dilation[1]
-                if dy > 0 or (dy == 0 and dx >= 0):
-                    groups.setdefault((dy, dx), []).append((i1, i2))
-        self.shifts = []
-        for (dy, dx), pairs in groups.items():
-            shift = dy * width + dx
-            q0, q1 = max(0, -shift), min(height * width, height * width - shift)
-            if q1 <= q0:
-                continue
-            sy, sx = qy[q0:q1], qx[q0:q1]
-            inside = (sx + dx >= 0) & (sx + dx < width)
-            masks = torch.stack([inside & reads(taps[i1], sy, sx) for i1, _ in pairs]).double()
-            if masks.any():
-                self.shifts.append((shift, q0, q1, pairs, masks))
-
-
-@lru_cache(maxsize=256)
-def _cached_plan(kernel, stride, dilation, padding, height, width, out_size) -> _ConvPlan:
-    return _ConvPlan(kernel, stride, dilation, padding, height, width, out_size)
-
-
-def _conv_plan_for(module: nn.Conv2d, x: Tensor) -> _ConvPlan:
-    height, width = x.shape[-2:]
-    out_size = conv_output_size(module, height, width)
-    geometry = (tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation), conv_padding(module))
-    return _cached_plan(*geometry, height, width, out_size)
-
-
-def conv_patch_gram(module: nn.Conv2d, x: Tensor, plan: _ConvPlan | None = None) -> Tensor:
-    """``sum_{r,p} u_rp u_rp^T`` of the unfolded patches u (no bias column), (C kk, C kk).
-
-    Entry ``[(c, t1), (c', t2)] = sum_r sum_o x[r, c, o + t1] x[r, c', o + t2]`` depends on the
-    taps only through the window of t1 and the displacement ``t2 - t1``. So, per displacement
-    delta, compute once the per-pixel products ``M[q] = sum_r x[:, q] x[:, q + delta]^T`` (one
-    batched matmul over pixels) and sum M over each tap's window (one small matmul with masks).
-    This costs about ``#displacements / 2`` instead of ``kk^2`` image-sized Gram matrices (13 vs 81
-    for 3x3), and the pairs ``-delta`` are transposes. Exact; no patches are materialised.
-    """
-    plan = _conv_plan_for(module, x) if plan is None else plan
-    num_rows, channels, height, width = x.shape
-    kk = module.kernel_size[0] * module.kernel_size[1]
-    if kk == 1 and module.stride == (1, 1) and conv_padding(module) == (0, 0):
-        flat = x.transpose(0, 1).reshape(channels, -1)
-        return flat @ flat.T
-    pixels = x.permute(2, 3, 0, 1).reshape(height * width, num_rows, channels).contiguous()
-    blocks = x.new_zeros(kk, kk, channels, channels)
-    for shift, q0, q1, pairs, masks in plan.shifts:
-        products = torch.bmm(pixels[q0:q1].transpose(1, 2), pixels[q0 + shift : q1 + shift])
-        sums = (masks.to(x) @ products.reshape(q1 - q0, -1)).view(-1, channels, channels)
-        for (t1, t2), block in zip(pairs, sums):
-            blocks[t1, t2] = block
-            if t1 != t2:
-                blocks[t2, t1] = block.T
-    return blocks.permute(2, 0, 3, 1).reshape(channels * kk, channels * kk)
-
-
 # ---------------------------------------------------------------------------- per-group gradients
 
 
@@ -323,37 +253,46 @@ def grouped_gradients(module: nn.Module, x: Tensor, g: Tensor, group_size: int =
     example-major groups (row ``b S + s`` belongs to group b). ``group_size=1`` gives per-row
     gradients (EK-FAC), ``group_size=S`` per-example gradients over S draws.
 
-    Linear: one batched matmul over the (groups, S P, .) views. Conv2d: the weight gradient of a
-    grouped convolution with one group per example and the S draws as its batch, i.e. the
-    framework's own (im2col-free) weight-gradient kernel, which sums over draws and positions.
+    Linear: one batched matmul over the (groups, S P, .) views. Conv2d: ``conv_group_gradients``
+    (a grouped-convolution weight gradient, or unfolded patches and a batched matmul on small maps).
 
     Args:
         module: a Linear or Conv2d.
         x: captured input, (R, ...).
         g: gradient w.r.t. the output, (R, ...).
         group_size: rows per group; must divide R.
+
+    Half-precision captures (``--trainer.precision bf16-mixed``) are contracted in float32.
     """
     if x.shape[0] % group_size:
         raise ValueError(f"group_size={group_size} does not divide the number of rows {x.shape[0]}.")
+    x, g = at_least_float32(x), at_least_float32(g)
     groups = x.shape[0] // group_size
-    if isinstance(module, nn.Conv2d):
-        weight = _conv_grouped_weight(module, x, g, group_size)
-        bias = g.reshape(groups, group_size, g.shape[1], -1).sum(dim=(1, 3))
-    else:
-        a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
-        weight, bias = torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1)
+    with autocast_off(x.device):
+        if isinstance(module, nn.Conv2d):
+            weight = conv_group_gradients(module, x, g, group_size)
+            bias = g.reshape(groups, group_size, g.shape[1], -1).sum(dim=(1, 3))
+        else:
+            a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
+            weight, bias = torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1)
     return torch.cat([weight, bias.unsqueeze(2)], dim=2) if has_bias(module) else weight
 
 
-def _conv_grouped_weight(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: int) -> Tensor:
-    """(groups, out, C_in kh kw): per-group weight gradients via a grouped-conv weight gradient."""
-    groups, channels, out = x.shape[0] // group_size, x.shape[1], g.shape[1]
+def grouped_scores(module: nn.Module, x: Tensor, g: Tensor, group_size: int, queries: Tensor) -> Tensor:
+    """``grouped_gradients(module, x, g, group_size).flatten(1) @ queries.T``: (R / group_size, Q).
 
-    def draws_as_batch(t: Tensor) -> Tensor:  # (groups S, C, H, W) -> (S, groups C, H, W)
-        return t.reshape(groups, group_size, *t.shape[1:]).transpose(0, 1).reshape(group_size, -1, *t.shape[2:])
-
-    weight = torch.nn.grad.conv2d_weight(
-        draws_as_batch(x), (groups * out, channels, *module.kernel_size), draws_as_batch(g),
-        module.stride, conv_padding(module), module.dilation, groups=groups,
-    )
-    return weight.reshape(groups, out, -1)  # one group: conv2d_weight may return a non-contiguous view
+    ``queries``: (Q, out, in_eff [+1]) float rows in the gradient-matrix layout. Convolutions on small
+    maps contract each chunk of per-group gradients while it is in cache
+    (``conv_grads.unfolded_group_scores``); other layers form the (groups, out, in+1) block first.
+    """
+    x, g = at_least_float32(x), at_least_float32(g)
+    queries = queries.to(x.dtype)
+    with autocast_off(x.device):
+        if not (isinstance(module, nn.Conv2d) and uses_unfolded_kernel(g, group_size)):
+            return grouped_gradients(module, x, g, group_size).flatten(1) @ queries.flatten(1).T
+        weight_columns = queries.shape[2] - int(has_bias(module))
+        scores = unfolded_group_scores(module, x, g, group_size, queries[:, :, :weight_columns])
+        if has_bias(module):
+            bias = g.reshape(x.shape[0] // group_size, group_size, g.shape[1], -1).sum(dim=(1, 3))
+            scores += bias @ queries[:, :, -1].T
+        return scores

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from lit_attr.curvature.capture import grouped_gradients
+from lit_attr.curvature.capture import autocast_off, grouped_gradients
 from lit_attr.curvature.kfac import (
     FisherType,
     KFACApprox,
@@ -123,9 +123,10 @@ def precondition(grads: dict[str, Tensor], eigen: KFACEigen, damping: float) -> 
     out = {}
     for name, v in grads.items():
         layer = eigen.layers[name]
-        q_a, q_g = layer.QA.to(v), layer.QG.to(v)
-        rotated = q_g.T @ v @ q_a
-        out[name] = q_g @ (rotated / (layer.eigenvalues().to(v) + damping)) @ q_a.T
+        with autocast_off(v.device):
+            q_a, q_g = layer.QA.to(v), layer.QG.to(v)
+            rotated = q_g.T @ v @ q_a
+            out[name] = q_g @ (rotated / (layer.eigenvalues().to(v) + damping)) @ q_a.T
     return out
 
 
@@ -179,7 +180,8 @@ class EigenvalueCorrectionAccumulator(RowPassAccumulator):
         for name, total in self.sums.items():
             x, g = inputs[name], grad_outputs[name]
             layer = self.eigen.layers[name]
-            q_a, q_g = layer.QA.to(x), layer.QG.to(x)
+            like = dict(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))  # bf16 captures: fp32
+            q_a, q_g = layer.QA.to(**like), layer.QG.to(**like)
             for i in range(0, x.shape[0], self.chunk_rows):
                 rows = grouped_gradients(self.modules[name], x[i : i + self.chunk_rows], g[i : i + self.chunk_rows], 1)
                 total += (q_g.T @ rows @ q_a).square().sum(dim=0).to(total)

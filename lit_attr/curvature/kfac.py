@@ -56,7 +56,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lit_attr.curvature.capture import LayerCapture, grad_covariance_sum, grad_enabled, input_covariance_sum
+from lit_attr.curvature.capture import (
+    LayerCapture,
+    at_least_float32,
+    autocast_off,
+    grad_covariance_sum,
+    grad_enabled,
+    input_covariance_sum,
+)
 from lit_attr.curvature.layers import gradient_matrix_shape
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import EpsModel, call_model, expand_draws, expand_labels
@@ -209,13 +216,16 @@ class RowPassAccumulator:
         with grad_enabled(), LayerCapture(self.modules, self.model, param_grads=False) as capture:
             output = forward_fn()
             capture.check_all_ran()
-            self._add_inputs(capture.inputs)
+            with autocast_off(output.device):  # the sums stay float32 under --trainer.precision bf16-mixed
+                self._add_inputs(capture.inputs)
             vectors = backprop_vectors(
                 self.fisher_type, output, example_indices, targets, self.mc_samples, self.seed, self.stream
             )
             passes = num_backprop_vectors(self.fisher_type, output[0].numel(), self.mc_samples)
             for i, v in enumerate(vectors):
-                self._add_grads(capture.inputs, capture.backward(output, v, retain_graph=i < passes - 1))
+                grad_outputs = capture.backward(output, v, retain_graph=i < passes - 1)
+                with autocast_off(output.device):
+                    self._add_grads(capture.inputs, grad_outputs)
         self.num_rows += output.shape[0]
 
     def update_ddpm(
@@ -294,14 +304,14 @@ class KFACAccumulator(RowPassAccumulator):
     def _add_inputs(self, inputs: dict[str, Tensor]) -> None:
         reduce = self.kfac_approx is KFACApprox.REDUCE
         for name, module in self.modules.items():
-            a_sum, count = input_covariance_sum(module, _at_least_fp32(inputs[name]), reduce)
+            a_sum, count = input_covariance_sum(module, at_least_float32(inputs[name]), reduce)
             self.sums[name]["A_sum"] += a_sum
             self.sums[name]["A_count"] += count
 
     def _add_grads(self, inputs: dict[str, Tensor], grad_outputs: dict[str, Tensor]) -> None:
         reduce = self.kfac_approx is KFACApprox.REDUCE
         for name, module in self.modules.items():
-            self.sums[name]["G_sum"] += grad_covariance_sum(module, _at_least_fp32(grad_outputs[name]), reduce)
+            self.sums[name]["G_sum"] += grad_covariance_sum(module, at_least_float32(grad_outputs[name]), reduce)
 
     def state_tensors(self) -> dict[str, Tensor]:
         """The raw sums and counts (views, not copies), to be summed across ranks in place."""
@@ -317,10 +327,6 @@ class KFACAccumulator(RowPassAccumulator):
             for name, s in self.sums.items()
         }
         return KFACFactors(factors, int(self.num_rows.item()), self.fisher_type, self.kfac_approx, self.mc_samples)
-
-
-def _at_least_fp32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def iterate_ddpm_batches(
