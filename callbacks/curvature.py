@@ -31,6 +31,7 @@ from lit_attr.curvature.kfac import (
     REFIT_FIX,
     KFACFactors,
     factors_exist,
+    factors_path,
     iterate_ddpm_batches,
     load_factors,
     save_factors,
@@ -60,8 +61,8 @@ class KFACCallback(L.Callback):
             ``draw_scheme``, ``DrawScheme.for_curvature``). Never shared: the factors estimate an
             expectation over the data and timesteps, and S draws shared by every example would fit the
             GGN on only S timesteps and noises.
-        factors_path: where to save/load the factors (None: ``<output_dir>/factors/kfac.safetensors``
-            for attribution, ``<default_root_dir>/factors/kfac.safetensors`` after fit).
+        factors_path: where to save/load the factors (None: ``<output_dir>/factors/factors.safetensors``
+            for attribution, ``<default_root_dir>/factors/factors.safetensors`` after fit).
         fit_after_training: run the pass at the end of ``fit``.
         progressbar: show progress of the pass on rank 0.
     """
@@ -96,7 +97,7 @@ class KFACCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fit_after_training:
             return
-        path = Path(self.factors_path or Path(trainer.default_root_dir) / "factors" / "kfac.safetensors")
+        path = Path(self.factors_path or factors_path(trainer.default_root_dir))
         unet = pl_module.attribution_unet
         metadata = self.settings(seed=self.resolved_seed(pl_module), scheme=self.resolved_scheme(pl_module))
         metadata.update(model_hash=model_hash(unet), data=dataset_fingerprint(trainer.train_dataloader.dataset))

@@ -144,9 +144,7 @@ def measurement_rows(
     x0, t, eps = expand_draws(images, timesteps, noise)
     mse = loss_per_draw(eps_model, schedule, x0, t, eps, expand_labels(labels, spec.num_draws))
     if spec.measurement is Measurement.ELBO:
-        weights = schedule.elbo_weights().to(mse.device)[t.to(mse.device)].to(mse.dtype)
-        pixels = images[0].numel()
-        return mse * pixels * weights * schedule.num_timesteps / spec.num_draws
+        return schedule.elbo_terms(mse, t, images[0].numel()) / spec.num_draws
     return mse / spec.num_draws
 
 

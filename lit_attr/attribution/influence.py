@@ -36,8 +36,9 @@ from lit_attr.attribution.gradients import (
 from lit_attr.attribution.memory import RunShape, activation_bytes_per_row, check_memory
 from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, concat_compressed
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries, planned_num_queries
-from lit_attr.constants import FACTORS_FILE, LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
+from lit_attr.constants import LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
 from lit_attr.curvature.eigen import KFACEigen, precondition
+from lit_attr.curvature.kfac import factors_path
 from lit_attr.curvature.layers import gradient_shapes, select_kfac_modules
 from lit_attr.ddpm_module import as_config
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
@@ -138,7 +139,7 @@ class InfluenceModule(L.LightningModule):
     # ------------------------------------------------------------------ identity
     @property
     def default_factors_path(self) -> Path:
-        return self.output_dir / "factors" / FACTORS_FILE
+        return factors_path(self.output_dir)
 
     def curvature_identity(self) -> dict[str, Any]:
         """Model and data the curvature belongs to (stored with the factors, compared on load)."""

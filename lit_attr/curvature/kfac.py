@@ -64,6 +64,7 @@ from lit_attr.curvature.capture import (
     grad_enabled,
     input_covariance_sum,
 )
+from lit_attr.constants import FACTORS_DIR, FACTORS_FILE
 from lit_attr.curvature.layers import gradient_matrix_shape
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import EpsModel, call_model, expand_draws, expand_labels
@@ -400,9 +401,9 @@ def _tensors_checksum(tensors: dict[str, Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def factors_path(output_dir: str | Path, name: str = "kfac") -> Path:
-    """Where the factors of a run live: ``output_dir/factors/{name}.safetensors``."""
-    return Path(output_dir) / "factors" / f"{name}.safetensors"
+def factors_path(output_dir: str | Path, name: str | None = None) -> Path:
+    """Where the factors of a run live: ``output_dir/factors/factors.safetensors`` (or ``{name}.safetensors``)."""
+    return Path(output_dir) / FACTORS_DIR / (FACTORS_FILE if name is None else f"{name}.safetensors")
 
 
 def factors_exist(path: str | Path) -> bool:

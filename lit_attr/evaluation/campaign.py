@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import QUERIES_FILE
+from lit_attr.constants import DONE_FILE, FULL_DIR, MODEL_FILE, QUERIES_FILE, SCORES_FILE, TRAK_SCORES_FILE
 from lit_attr.data.datasets import DatasetConfig, IndexedDataset, write_index_file
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
@@ -51,7 +51,6 @@ from lit_attr.storage import read_json
 log = logging.getLogger(__name__)
 
 MEASUREMENTS_FILE = "measurements.pt"
-FULL_DIR = "full"
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,7 @@ class Benchmark:
                                   f"for {q.num_generated} with seed {q.seed}; use another root (the models were "
                                   "measured on the stored queries).")
             return queries
-        ddpm = load_ddpm_module(self.full_job().job.run_dir / "model.ckpt")
+        ddpm = load_ddpm_module(self.full_job().job.run_dir / MODEL_FILE)
         queries = build_queries(QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), ddpm, self.dataset)
         tmp = path.with_name(path.name + ".tmp")
         queries.save(tmp)
@@ -177,7 +176,7 @@ class Benchmark:
         pending = [j for j in jobs if not job_done(j.job)]
         for job in jobs:
             if job not in pending:
-                steps = read_json(job.job.run_dir / "done.json").get("steps")
+                steps = read_json(job.job.run_dir / DONE_FILE).get("steps")
                 if steps != job.steps:
                     raise ConfigError(f"{job.job.run_dir} was trained for {steps} steps, this benchmark asks for "
                                       f"{job.steps} (retraining.full_steps changed?); use another root.")
@@ -261,7 +260,7 @@ class Benchmark:
         if not (out / QUERIES_FILE).exists():
             self.queries()
             shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
-        checkpoint = self.full_job().job.run_dir / "model.ckpt"
+        checkpoint = self.full_job().job.run_dir / MODEL_FILE
         if method.kind == "kfac":
             scoring.score_method(method, checkpoint, out, self.root / "curvature", self.data_settings(),
                                  self.config.queries)
@@ -283,13 +282,11 @@ class Benchmark:
                                      scores[:, k // 2:k].mean(axis=1)))
             return sets
         if method.kind in ("trak", "dtrak"):
-            from lit_attr.evaluation.projected import SCORES_FILE
-
-            stored = np.load(out / SCORES_FILE)
+            stored = np.load(out / TRAK_SCORES_FILE)
             labels = ["sqnorm"] if method.kind == "dtrak" else list(method.measurements)
             return [ScoreSet(d, labels, list(method.dampings), stored[f"S{d}"], stored[f"S{d}_a"], stored[f"S{d}_b"])
                     for d in method.report_draws]
-        scores = np.load(out / "scores.npy")[:, None, None, :]
+        scores = np.load(out / SCORES_FILE)[:, None, None, :]
         return [ScoreSet(0, [method.kind], [0.0], scores, None, None)]
 
     def method_scores(self, method: MethodConfig) -> np.ndarray:
@@ -363,7 +360,7 @@ class Benchmark:
         if self.config.reuse is None:
             return
         source = Path(self.config.reuse).expanduser().resolve()
-        if not (source / FULL_DIR / "done.json").exists():
+        if not (source / FULL_DIR / DONE_FILE).exists():
             raise ConfigError(f"reuse={self.config.reuse}: no finished full model there; run that benchmark first.")
         if source == self.root.resolve():
             raise ConfigError("reuse must name another benchmark root than root.")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_attr.constants import DONE_FILE
 from lit_attr.evaluation.campaign import Benchmark
 from lit_attr.evaluation.selection import cross_fitted, fold_masks
 from lit_attr.measurements import TIMESTEP_PREFIX
@@ -164,7 +165,7 @@ def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
     the random control, and the paired per-query difference to the first removal method (``vs_reference``)."""
     rem = bench.config.removal
     jobs = bench.removal_jobs() if rem.queries else []
-    if not jobs or not all((j.job.run_dir / "done.json").exists() for j in jobs):
+    if not jobs or not all((j.job.run_dir / DONE_FILE).exists() for j in jobs):
         return []
     t = list(bench.config.true_measurements.measurements).index(rem.measurement)
     full = bench.full_measurements()[0, t]

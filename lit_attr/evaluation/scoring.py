@@ -12,6 +12,7 @@ from callbacks.curvature import KFACCallback
 from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import MeasurementConfig
 from lit_attr.attribution.queries import QueryConfig
+from lit_attr.constants import FINALIZED_KEY, METADATA_FILE, SCORES_FILE
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.evaluation.config import MethodConfig, QueriesConfig, recipe_dataset_arguments
 from lit_attr.evaluation.variants import VariantInfluenceModule
@@ -84,11 +85,11 @@ def _refuse(method: MethodConfig, output_dir: Path, differing: dict) -> None:
 def score_method(method: MethodConfig, checkpoint: Path, output_dir: Path, curvature_dir: Path, recipe: str | dict,
                  queries: QueriesConfig) -> None:
     """Score all training examples of the recipe's data for every variant of ``method``; skipped when done."""
-    metadata_path = output_dir / "metadata.json"
+    metadata_path = output_dir / METADATA_FILE
     if metadata_path.exists():
         metadata = read_json(metadata_path)
         _refuse(method, output_dir, settings_mismatch(method, metadata))
-        if metadata.get("finalized"):
+        if metadata.get(FINALIZED_KEY):
             print(f"[methods] {method.name}: already scored.", flush=True)
             return
     datamodule = _attribution_data(recipe, method.batch_size)
@@ -124,11 +125,11 @@ def score_projected(method: MethodConfig, checkpoint: Path, output_dir: Path, re
     """TRAK / D-TRAK: projected gradients in one pass (``ProjectedGradientModule``), then closed-form scores."""
     from lit_attr.evaluation.projected import ProjectedGradientModule, finish_projected_scores, finished_closed_form
 
-    metadata_path = output_dir / "metadata.json"
+    metadata_path = output_dir / METADATA_FILE
     if metadata_path.exists():
         metadata = read_json(metadata_path)
         _refuse(method, output_dir, projected_settings_mismatch(method, metadata))
-        if metadata.get("finalized"):
+        if metadata.get(FINALIZED_KEY):
             if finished_closed_form(output_dir) != (list(method.report_draws), [float(d) for d in method.dampings]):
                 finish_projected_scores(output_dir, method.report_draws, method.draws_per_group, list(method.dampings))
                 print(f"[methods] {method.name}: closed form recomputed for report_draws {method.report_draws}, "
@@ -161,7 +162,7 @@ def score_similarity(method: MethodConfig, dataset, query_images, output_dir: Pa
 
     from lit_attr.baselines.similarity import clip_embeddings, cosine_scores, load_open_clip
 
-    path, settings = output_dir / "scores.npy", output_dir / "similarity.json"
+    path, settings = output_dir / SCORES_FILE, output_dir / "similarity.json"
     if path.exists():
         stored = read_json(settings) if settings.exists() else {}
         _refuse(method, output_dir, _differences(stored, similarity_settings(method)))

@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lit_attr.constants import MODEL_FILE
 from lit_attr.ddpm_module import DDPMModule
 
-MODEL_FILE = "model.ckpt"
-"""The final checkpoint of a benchmark run (EMA weights included), inside its run folder."""
 
 
 @dataclass(frozen=True)
