@@ -76,9 +76,9 @@ class ProjectedGradientModule(InfluenceModule):
                 "seed": self.seed, "draw_scheme": self.draw_scheme.value,
                 "measurement": {"num_draws": self.measurement_config.num_draws}, "projection": self.projection}
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        self.rows_remaining, self.needs_curvature = self.needs_curvature, False  # no K-FAC
+    def curvature_request(self) -> None:
+        """None: TRAK and D-TRAK use no K-FAC curvature."""
+        return None
 
     def on_predict_start(self) -> None:
         """Project the query gradients once: ``query_features.pt`` = {measurement: (Q, d_proj)}."""

@@ -8,11 +8,11 @@ from pathlib import Path
 import lightning as L
 import yaml
 
-from callbacks.curvature import KFACCallback
-from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import MeasurementConfig
+from lit_attr.attribution.score_writer import ScoreWriter
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.constants import FINALIZED_KEY, METADATA_FILE, SCORES_FILE
+from lit_attr.curvature.callback import KFACCallback
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.evaluation.config import MethodConfig, QueriesConfig, recipe_dataset_arguments
 from lit_attr.evaluation.variants import VariantInfluenceModule
