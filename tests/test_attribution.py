@@ -213,18 +213,6 @@ def test_ddp_two_processes_match_one(tiny_run, reference_scores, tmp_path):
     assert_same_scores(load_scores(tmp_path / "ddp"), scores)
 
 
-@pytest.mark.parametrize("config", ["attribute/digits.yaml", "attribute/latent_digits.yaml", "tiny/attribute.yaml"])
-def test_attribute_configs_parse(config, capsys):
-    from lit_attr.cli import AttributeCLI
-    from tests.helpers import ROOT
-
-    with pytest.raises(SystemExit) as exit_info:
-        AttributeCLI(InfluenceModule, AttributionDataModule, args=["--config", str(ROOT / "configs" / config), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert "KFACCallback" in printed and "damping" in printed
-
-
 def test_bad_measurement_is_refused_before_any_work(tmp_path):
     proc = run_script("attribute.py", "--config", "configs/attribute/digits.yaml", "--model.measurement.measurement",
                       "elbow", "--model.output_dir", str(tmp_path / "x"))
