@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import DONE_FILE, FULL_DIR, MODEL_FILE, QUERIES_FILE, SCORES_FILE, TRAK_SCORES_FILE
+from lit_attr.constants import DONE_FILE, FULL_DIR, MODEL_FILE, QUERIES_FILE
 from lit_attr.data.datasets import DatasetConfig, IndexedDataset, write_index_file
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
 from lit_attr.evaluation.training import train_model
 from lit_attr.evaluation.true_measurements import measure_queries
+from lit_attr.methods.base import ScoreSet
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
 from lit_attr.pipeline_io import load_ddpm_module
 from lit_attr.retraining import (
@@ -60,25 +61,6 @@ class TrainingJob:
     job: RetrainJob
     steps: int
     label: str
-
-
-@dataclass
-class ScoreSet:
-    """A method's scores with ``draws`` draws (0: no draws, e.g. similarity).
-
-    Attributes:
-        approx: labels of axis 1 (the measurement whose gradient the scores use).
-        dampings: values of axis 2.
-        scores: (N, len(approx), len(dampings), Q).
-        half_a, half_b: the same from the two halves of the draws (None when there are no draws).
-    """
-
-    draws: int
-    approx: list[str]
-    dampings: list[float]
-    scores: np.ndarray
-    half_a: np.ndarray | None
-    half_b: np.ndarray | None
 
 
 class Benchmark:
@@ -253,47 +235,25 @@ class Benchmark:
 
     def run_method(self, method: MethodConfig) -> None:
         """Score every training example for every variant of ``method`` (resumable)."""
-        from lit_attr.evaluation import scoring
+        from lit_attr.methods.base import ScoringInputs
+        from lit_attr.methods.registry import method_for
 
         out = self.method_dir(method)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / QUERIES_FILE).exists():
             self.queries()
             shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
-        checkpoint = self.full_job().job.run_dir / MODEL_FILE
-        if method.kind == "kfac":
-            scoring.score_method(method, checkpoint, out, self.root / "curvature", self.data_settings(),
-                                 self.config.queries)
-        elif method.kind in ("trak", "dtrak"):
-            scoring.score_projected(method, checkpoint, out, self.data_settings(), self.config.queries)
-        else:
-            scoring.score_similarity(method, self.dataset, self.queries().images, out)
+        inputs = ScoringInputs(checkpoint=self.full_job().job.run_dir / MODEL_FILE, output_dir=out,
+                               curvature_dir=self.root / "curvature", data=self.data_settings(),
+                               queries=self.config.queries, dataset=self.dataset,
+                               query_images=lambda: self.queries().images)
+        method_for(method).score(inputs)
 
     def score_sets(self, method: MethodConfig) -> list[ScoreSet]:
         """The scores of a finished method for each reported number of draws."""
-        out = self.method_dir(method)
-        if method.kind == "kfac":
-            scores = self.method_scores(method)  # (N, G, M, D, Q)
-            sets = []
-            for draws in method.report_draws:
-                k = draws // method.draws_per_group
-                sets.append(ScoreSet(draws, list(method.measurements), list(method.dampings),
-                                     scores[:, :k].mean(axis=1), scores[:, :k // 2].mean(axis=1),
-                                     scores[:, k // 2:k].mean(axis=1)))
-            return sets
-        if method.kind in ("trak", "dtrak"):
-            stored = np.load(out / TRAK_SCORES_FILE)
-            labels = ["sqnorm"] if method.kind == "dtrak" else list(method.measurements)
-            return [ScoreSet(d, labels, list(method.dampings), stored[f"S{d}"], stored[f"S{d}_a"], stored[f"S{d}_b"])
-                    for d in method.report_draws]
-        scores = np.load(out / SCORES_FILE)[:, None, None, :]
-        return [ScoreSet(0, [method.kind], [0.0], scores, None, None)]
+        from lit_attr.methods.registry import method_for
 
-    def method_scores(self, method: MethodConfig) -> np.ndarray:
-        """(N, G, M, D, Q) scores of a finished K-FAC method."""
-        from lit_attr.evaluation.variants import load_variant_scores
-
-        return load_variant_scores(self.method_dir(method))
+        return method_for(method).score_sets(self.method_dir(method))
 
     # ------------------------------------------------------------------ removal
     def removal_jobs(self) -> list[TrainingJob]:
