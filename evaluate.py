@@ -107,7 +107,8 @@ def retrain(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
         raise ConfigError("the full model is not trained yet; run `evaluate.py run` first (or its full-model stage).")
     bench.write_subsets()
     jobs = bench.lds_jobs() if args.stage == "lds" else bench.removal_jobs()
-    bench.run_jobs(share.select(jobs), workers=1, stage=f"{args.stage} worker {args.worker}" if args.num_workers > 1 else args.stage)
+    stage = f"{args.stage} worker {args.worker}" if args.num_workers > 1 else args.stage
+    bench.run_jobs(share.select(jobs), workers=1, stage=stage)
     return 0
 
 

@@ -171,7 +171,8 @@ def read_subsets(root: str | Path) -> list[np.ndarray]:
     manifest = read_subsets_manifest(root)
     folder = subsets_path(root)
     has_mapping = SUBSET_POSITIONS_FILE in manifest["files"]
-    mapping = _verified_indices(folder / SUBSET_POSITIONS_FILE, manifest, SUBSET_POSITIONS_FILE) if has_mapping else None
+    mapping = (_verified_indices(folder / SUBSET_POSITIONS_FILE, manifest, SUBSET_POSITIONS_FILE) if has_mapping
+               else None)
     position_of = {int(index): position for position, index in enumerate(mapping or range(manifest["num_train"]))}
     subsets = []
     for i in range(manifest["num_subsets"]):
