@@ -32,18 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from lit_attr.constants import DONE_FILE
+from lit_attr.constants import (
+    DONE_FILE,
+    RETRAIN_DIR,
+    SUBSET_INDICES_FILE,
+    SUBSET_POSITIONS_FILE,
+    SUBSETS_DIR,
+    SUBSETS_MANIFEST_FILE,
+)
 from lit_attr.data.datasets import read_index_file, write_index_file
 from lit_attr.errors import ConfigError, DataError, StoreMismatchError
 from lit_attr.storage import read_json, write_json_atomic
-
-SUBSETS_DIR = "subsets"
-RETRAIN_DIR = "retrain"
-MANIFEST_FILE = "manifest.json"
-INDICES_FILE = "indices.txt"
-SUBSET_POSITIONS_FILE = "train_indices.txt"
-"""Stable dataset index of each subset position (score row), in the subsets folder (not the attribution
-run's ``constants.TRAIN_INDICES_FILE``)."""
 
 
 def sample_lds_subsets(num_train: int, num_subsets: int, fraction: float = 0.5, seed: int = 0) -> list[np.ndarray]:
@@ -88,12 +87,12 @@ def subsets_path(root: str | Path) -> Path:
 
 def subset_indices_path(root: str | Path, subset_index: int) -> Path:
     """Index file of subset i: ``root/subsets/subset_{i:03d}/indices.txt``."""
-    return subsets_path(root) / f"subset_{subset_index:03d}" / INDICES_FILE
+    return subsets_path(root) / f"subset_{subset_index:03d}" / SUBSET_INDICES_FILE
 
 
 def subsets_exist(root: str | Path) -> bool:
     """Whether ``write_subsets`` finished for ``root`` (its manifest is written last)."""
-    return (subsets_path(root) / MANIFEST_FILE).is_file()
+    return (subsets_path(root) / SUBSETS_MANIFEST_FILE).is_file()
 
 
 def write_subsets(
@@ -142,7 +141,7 @@ def write_subsets(
         files[f"subset_{i:03d}"] = _write_index_atomic(subset_indices_path(root, i), indices)
     if train_indices is not None:
         files[SUBSET_POSITIONS_FILE] = _write_index_atomic(folder / SUBSET_POSITIONS_FILE, mapping.tolist())
-    write_json_atomic(folder / MANIFEST_FILE, {**manifest, "files": files})
+    write_json_atomic(folder / SUBSETS_MANIFEST_FILE, {**manifest, "files": files})
 
 
 def create_subsets(
@@ -191,7 +190,7 @@ def _verified_indices(path: Path, manifest: dict[str, Any], key: str) -> list[in
 
 def read_subsets_manifest(root: str | Path) -> dict[str, Any]:
     """The manifest of ``write_subsets``; DataError naming the folder if it is missing."""
-    path = subsets_path(root) / MANIFEST_FILE
+    path = subsets_path(root) / SUBSETS_MANIFEST_FILE
     if not path.is_file():
         raise DataError(f"{path} does not exist; write the LDS subsets first (write_subsets / create_subsets).")
     return read_json(path)
@@ -357,7 +356,7 @@ def _clear_subsets(root: str | Path, num_subsets: int) -> Path:
     """Remove the manifest (the folder is incomplete until it is rewritten) and stale subset folders."""
     folder = subsets_path(root)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    (folder / SUBSETS_MANIFEST_FILE).unlink(missing_ok=True)
     (folder / SUBSET_POSITIONS_FILE).unlink(missing_ok=True)
     for stale in folder.glob("subset_*"):
         number = stale.name.removeprefix("subset_")

@@ -27,7 +27,17 @@ import numpy as np
 import torch
 
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import DONE_FILE, FULL_DIR, MODEL_FILE, QUERIES_FILE
+from lit_attr.constants import (
+    CURVATURE_DIR,
+    DONE_FILE,
+    FULL_DIR,
+    MEASUREMENTS_FILE,
+    METHODS_DIR,
+    MODEL_FILE,
+    QUERIES_FILE,
+    REMOVAL_DIR,
+    SUBSET_INDICES_FILE,
+)
 from lit_attr.data.datasets import DatasetConfig, IndexedDataset, write_index_file
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
@@ -50,8 +60,6 @@ from lit_attr.retraining import (
 from lit_attr.storage import read_json
 
 log = logging.getLogger(__name__)
-
-MEASUREMENTS_FILE = "measurements.pt"
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,7 @@ class Benchmark:
 
     # ------------------------------------------------------------------ full model and queries
     def full_job(self) -> TrainingJob:
-        indices = self.root / FULL_DIR / "indices.txt"
+        indices = self.root / FULL_DIR / SUBSET_INDICES_FILE
         if not indices.exists():
             indices.parent.mkdir(parents=True, exist_ok=True)
             write_index_file(indices, list(self.dataset.indices))
@@ -231,7 +239,7 @@ class Benchmark:
 
     # ------------------------------------------------------------------ methods
     def method_dir(self, method: MethodConfig) -> Path:
-        return self.root / "methods" / method.name
+        return self.root / METHODS_DIR / method.name
 
     def run_method(self, method: MethodConfig) -> None:
         """Score every training example for every variant of ``method`` (resumable)."""
@@ -244,7 +252,7 @@ class Benchmark:
             self.queries()
             shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
         inputs = ScoringInputs(checkpoint=self.full_job().job.run_dir / MODEL_FILE, output_dir=out,
-                               curvature_dir=self.root / "curvature", data=self.data_settings(),
+                               curvature_dir=self.root / CURVATURE_DIR, data=self.data_settings(),
                                queries=self.config.queries, dataset=self.dataset,
                                query_images=lambda: self.queries().images)
         method_for(method).score(inputs)
@@ -270,7 +278,7 @@ class Benchmark:
     def _removal_jobs_of(self, method: MethodConfig) -> list[TrainingJob]:
         rem = self.config.removal
         scores = torch.from_numpy(self.removal_scores(method))
-        base = self.root / "removal" / method.name
+        base = self.root / REMOVAL_DIR / method.name
         jobs = []
         for f_index, fraction in enumerate(rem.fractions):
             picks = [(q, top_influence_removal(scores, fraction, q), f"q{q:03d}_top_{fraction:g}")
@@ -279,7 +287,7 @@ class Benchmark:
                           f"random_{fraction:g}"))
             for q, removed, name in picks:
                 keep = remaining_positions(self.num_train, removed)
-                indices = base / name / "indices.txt"
+                indices = base / name / SUBSET_INDICES_FILE
                 if not indices.exists():
                     indices.parent.mkdir(parents=True, exist_ok=True)
                     write_index_file(indices, [int(self.dataset.indices[p]) for p in keep.tolist()])
@@ -325,7 +333,7 @@ class Benchmark:
         if source == self.root.resolve():
             raise ConfigError("reuse must name another benchmark root than root.")
         self.root.mkdir(parents=True, exist_ok=True)
-        for name in (FULL_DIR, QUERIES_FILE, "methods", "curvature"):
+        for name in (FULL_DIR, QUERIES_FILE, METHODS_DIR, CURVATURE_DIR):
             link = self.root / name
             if (source / name).exists() and not link.exists() and not link.is_symlink():
                 link.symlink_to(source / name, target_is_directory=(source / name).is_dir())

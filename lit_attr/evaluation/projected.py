@@ -26,7 +26,7 @@ from lit_attr.attribution.gradients import flatten_gradients, per_example_gradie
 from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.baselines.projection import RandomProjector
 from lit_attr.baselines.trak import trak_scores
-from lit_attr.constants import METADATA_FILE, TRAK_SCORES_FILE
+from lit_attr.constants import METADATA_FILE, QUERY_FEATURES_FILE, TRAK_SCORES_FILE
 from lit_attr.diffusion.draws import draw_for_batch
 from lit_attr.diffusion.loss import expand_draws, unet_eps_model
 from lit_attr.errors import ConfigError
@@ -35,7 +35,6 @@ from lit_attr.measurements import MeasurementSpec
 from lit_attr.storage import load_scores, read_json
 
 SQNORM = "sqnorm"
-QUERY_FEATURES_FILE = "query_features.pt"
 
 
 class ProjectedGradientModule(InfluenceModule):

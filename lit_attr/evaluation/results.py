@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_attr.constants import DONE_FILE
+from lit_attr.constants import DONE_FILE, REMOVAL_DIR, RESULTS_JSON, RESULTS_MD, TENSORBOARD_DIR
 from lit_attr.evaluation.campaign import Benchmark
 from lit_attr.evaluation.selection import cross_fitted, fold_masks
 from lit_attr.measurements import TIMESTEP_PREFIX
@@ -40,9 +40,6 @@ from lit_attr.metrics.lds import (
 )
 from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences
 from lit_attr.retraining import read_subsets
-
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
 
 
 def _stat(values: torch.Tensor) -> dict[str, float]:
@@ -170,7 +167,7 @@ def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
     t = list(bench.config.true_measurements.measurements).index(rem.measurement)
     full = bench.full_measurements()[0, t]
     queries = torch.tensor(rem.queries)
-    by_dir = {j.job.run_dir.parent.relative_to(bench.root / "removal").as_posix():
+    by_dir = {j.job.run_dir.parent.relative_to(bench.root / REMOVAL_DIR).as_posix():
               bench._measurements(j.job.run_dir)[0, t] for j in jobs}
     out = []
     for fraction in rem.fractions:
@@ -263,7 +260,7 @@ def write_results(bench: Benchmark, results: dict[str, Any],
     for name, fig in figures.items():
         paths[name] = root / f"{name}.png"
         fig.savefig(paths[name], dpi=110, bbox_inches="tight")
-    _tensorboard(root / "tensorboard", results, figures)
+    _tensorboard(root / TENSORBOARD_DIR, results, figures)
     return paths
 
 

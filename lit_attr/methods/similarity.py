@@ -11,12 +11,10 @@ import torch
 from torch import Tensor
 
 from lit_attr.baselines.similarity import clip_embeddings, cosine_scores, load_open_clip
-from lit_attr.constants import SCORES_FILE
+from lit_attr.constants import SCORES_FILE, SIMILARITY_SETTINGS_FILE
 from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs
 from lit_attr.storage import read_json, write_json_atomic
 
-SETTINGS_FILE = "similarity.json"
-"""What the scores of a similarity method depend on, stored beside them."""
 
 
 class PixelCosine(AttributionMethod):
@@ -34,7 +32,7 @@ class PixelCosine(AttributionMethod):
 
     def score(self, inputs: ScoringInputs) -> None:
         out = inputs.output_dir
-        path, settings = out / SCORES_FILE, out / SETTINGS_FILE
+        path, settings = out / SCORES_FILE, out / SIMILARITY_SETTINGS_FILE
         if path.exists():
             self.refuse_changed(out, read_json(settings) if settings.exists() else {}, self.settings())
             self.log("already scored.")
