@@ -105,7 +105,7 @@ def corrupt_queries(fixture: Path, case_dir: Path) -> None:
 
 def nan_factors(fixture: Path, case_dir: Path) -> None:
     """Factors with a NaN but a valid checksum (as NaN activations would give): the eigh guard must catch them."""
-    from lit_attr.curvature.kfac import load_factors, save_factors
+    from lit_attr.curvature.factors_io import load_factors, save_factors
 
     run = _copy_finished(fixture, case_dir)
     path = run / "factors" / "factors.safetensors"

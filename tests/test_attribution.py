@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from callbacks.curvature import KFACCallback
 from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import InfluenceModule
-from lit_attr.curvature.kfac import load_factors
+from lit_attr.curvature.factors_io import load_factors
 from lit_attr.attribution.run import run_attribution
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.data.datasets import write_index_file

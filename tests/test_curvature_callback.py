@@ -4,7 +4,7 @@ import lightning as L
 import torch
 
 from callbacks.curvature import KFACCallback
-from lit_attr.curvature.kfac import load_factors
+from lit_attr.curvature.factors_io import load_factors
 from lit_attr.data.datamodules import DiffusionDataModule
 from lit_attr.diffusion.draws import DrawScheme
 from lit_attr.data.datasets import write_index_file
