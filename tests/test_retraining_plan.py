@@ -14,7 +14,7 @@ from lit_attr.errors import ConfigError, DataError, StoreMismatchError
 from lit_attr.evaluation.job_share import JobShare
 from lit_attr.metrics import RetrainingWithoutTopInfluences, random_removal, top_influence_removal
 from lit_attr.metrics.retraining import remaining_positions
-from lit_attr.retraining import (
+from lit_attr.evaluation.retraining import (
     SeedingProtocol,
     create_subsets,
     job_done,

@@ -1,6 +1,6 @@
 """The stages of a benchmark run, each resumable: full model, queries, subsets, retraining, scoring.
 
-Layout under ``root`` (besides ``lit_attr.retraining``'s ``subsets/`` and ``retrain/``)::
+Layout under ``root`` (besides ``lit_attr.evaluation.retraining``'s ``subsets/`` and ``retrain/``)::
 
     config.yaml                         the resolved benchmark settings (workers read it)
     full/model.ckpt, full/done.json     the full-data model (seed: retraining.base_seed)
@@ -46,7 +46,7 @@ from lit_attr.evaluation.true_measurements import measure_queries
 from lit_attr.methods.base import ScoreSet
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
 from lit_attr.pipeline_io import load_ddpm_module
-from lit_attr.retraining import (
+from lit_attr.evaluation.retraining import (
     RetrainJob,
     create_subsets,
     job_done,
