@@ -435,7 +435,7 @@ CASES: list[Case] = [
 
 def build_fixture(root: Path) -> Path:
     """Shared files: a tiny trained checkpoint, train/attribute configs and a finished attribution run."""
-    from lit_attr.data.datasets import write_index_file
+    from lit_attr.data.index_files import write_index_file
 
     root.mkdir(parents=True, exist_ok=True)
     _, trainer = train_tiny_ddpm(root / "train", max_steps=4, ema_decay=0.9, batch_size=64, enable_checkpointing=False)

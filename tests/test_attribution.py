@@ -14,7 +14,7 @@ from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.curvature.factors_io import load_factors
 from lit_attr.attribution.run import run_attribution
 from lit_attr.data.datamodules import AttributionDataModule
-from lit_attr.data.datasets import write_index_file
+from lit_attr.data.index_files import write_index_file
 from lit_attr.errors import ConfigError, StoreMismatchError
 from lit_attr.storage import load_scores
 from tests.helpers import run_script, tiny_config, train_tiny_ddpm

@@ -7,7 +7,7 @@ from callbacks.curvature import KFACCallback
 from lit_attr.curvature.factors_io import load_factors
 from lit_attr.data.datamodules import DiffusionDataModule
 from lit_attr.diffusion.draws import DrawScheme
-from lit_attr.data.datasets import write_index_file
+from lit_attr.data.index_files import write_index_file
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.unet import tiny_unet_config
 from lit_attr.fingerprints import model_hash

@@ -12,7 +12,7 @@ from callbacks.curvature import KFACCallback
 from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.data.datamodules import AttributionDataModule
-from lit_attr.data.datasets import write_index_file
+from lit_attr.data.index_files import write_index_file
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import expand_draws, loss_per_draw, unet_eps_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_attr.data.datasets import read_index_file
+from lit_attr.data.index_files import read_index_file
 from lit_attr.errors import ConfigError, DataError, StoreMismatchError
 from lit_attr.evaluation.job_share import JobShare
 from lit_attr.metrics import RetrainingWithoutTopInfluences, random_removal, top_influence_removal

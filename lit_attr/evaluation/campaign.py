@@ -38,7 +38,9 @@ from lit_attr.constants import (
     REMOVAL_DIR,
     SUBSET_INDICES_FILE,
 )
-from lit_attr.data.datasets import DatasetConfig, IndexedDataset, write_index_file
+from lit_attr.data.datasets import DatasetConfig
+from lit_attr.data.index_files import write_index_file
+from lit_attr.data.indexed import IndexedDataset
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
 from lit_attr.evaluation.training import train_model

@@ -40,7 +40,7 @@ from lit_attr.constants import (
     SUBSETS_DIR,
     SUBSETS_MANIFEST_FILE,
 )
-from lit_attr.data.datasets import read_index_file, write_index_file
+from lit_attr.data.index_files import read_index_file, write_index_file
 from lit_attr.errors import ConfigError, DataError, StoreMismatchError
 from lit_attr.storage import read_json, write_json_atomic
 
