@@ -47,6 +47,12 @@ TIMESTEP_PREFIX = "loss_at_t"
 """Prefix of the one-string name ``loss_at_t<t>`` of the per-timestep loss l_t (0-based t)."""
 
 
+def is_timestep_measurement(name: str) -> bool:
+    """Whether ``name`` is a per-timestep loss (``loss_at_t<t>``; shown in the substitution table, not the
+    benchmark comparison)."""
+    return name.startswith(TIMESTEP_PREFIX)
+
+
 def parse_measurement(name: str, timestep: int | None = None) -> tuple[Measurement, int | None]:
     """(kind, timestep) of a measurement name.
 
