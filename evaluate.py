@@ -17,8 +17,10 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lit_attr.cli_errors import OneLineArgumentParser, run_cli
+from lit_attr.constants import DONE_FILE, FULL_DIR
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig
+from lit_attr.evaluation.job_share import JobShare
 
 
 def _benchmark_parser(description: str) -> ArgumentParser:
@@ -99,32 +101,21 @@ def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
 def retrain(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     from lit_attr.evaluation.campaign import Benchmark
 
-    _check_share(args)
+    share = JobShare(args.start, args.count, args.worker, args.num_workers)
     bench = Benchmark(config)
-    if not (bench.root / "full" / "done.json").exists():
+    if not (bench.root / FULL_DIR / DONE_FILE).exists():
         raise ConfigError("the full model is not trained yet; run `evaluate.py run` first (or its full-model stage).")
     bench.write_subsets()
     jobs = bench.lds_jobs() if args.stage == "lds" else bench.removal_jobs()
-    jobs = jobs[args.start:] if args.count is None else jobs[args.start:args.start + args.count]
-    jobs = jobs[args.worker::args.num_workers]
-    bench.run_jobs(jobs, workers=1, stage=f"{args.stage} worker {args.worker}" if args.num_workers > 1 else args.stage)
+    stage = f"{args.stage} worker {args.worker}" if args.num_workers > 1 else args.stage
+    bench.run_jobs(share.select(jobs), workers=1, stage=stage)
     return 0
-
-
-def _check_share(args) -> None:
-    """Refuse an impossible share of the models (``--num_workers 0`` once gave ``slice step cannot be zero``)."""
-    if args.num_workers < 1:
-        raise ConfigError(f"--num_workers must be >= 1, got {args.num_workers}.")
-    if not 0 <= args.worker < args.num_workers:
-        raise ConfigError(f"--worker must be in [0, --num_workers - 1] = [0, {args.num_workers - 1}], got {args.worker}.")
-    if args.start < 0 or (args.count is not None and args.count < 0):
-        raise ConfigError(f"--start and --count must be >= 0, got {args.start} and {args.count}.")
 
 
 def report(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     from lit_attr.evaluation.campaign import Benchmark
 
-    if not (Path(config.root) / "full" / "done.json").exists():
+    if not (Path(config.root) / FULL_DIR / DONE_FILE).exists():
         raise ConfigError(f"no finished benchmark stage under --root {config.root} (no full/done.json); run "
                           "`python evaluate.py run --config <the same config>` first, or pass the --root of that run.")
     paths = _write_report(Benchmark(config))

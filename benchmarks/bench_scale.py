@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py [--num-examples 256] [--num-draws 2] [--threads 2]
 
 Writes a few hundred random-pixel images in CIFAR-10's python-batch format to a temporary folder,
-loads them with ``lit_attr.data.datasets.load_cifar10_dataset`` and runs every attribution stage on
+loads them with ``lit_attr.data.cifar.load_cifar10_dataset`` and runs every attribution stage on
 the ``configs/cifar10.yaml`` U-Net (random weights: the cost does not depend on them):
 
 1. curvature: K-FAC factors (MC Fisher, expand) over N examples x ``--curvature-draws``;
@@ -46,7 +46,7 @@ from lit_attr.attribution.gradients import flatten_gradients, per_example_loss_g
 from lit_attr.attribution.quantize import compress
 from lit_attr.curvature import KFACAccumulator, eigendecompose_factors, precondition, select_kfac_modules
 from lit_attr.curvature.layers import gradient_shapes
-from lit_attr.data.datasets import load_cifar10_dataset
+from lit_attr.data.cifar import load_cifar10_dataset
 from lit_attr.diffusion.loss import expand_draws, loss_per_draw
 from lit_attr.diffusion.schedule import DiffusionSchedule
 

@@ -142,8 +142,8 @@ class AttributeCLI(LightningCLI):
         super().__init__(*args, run=False, **kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        from callbacks.curvature import KFACCallback
-        from callbacks.score_writer import ScoreWriter
+        from lit_attr.attribution.score_writer import ScoreWriter
+        from lit_attr.curvature.callback import KFACCallback
 
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.predict_loop.inference_mode:

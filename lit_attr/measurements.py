@@ -47,6 +47,12 @@ TIMESTEP_PREFIX = "loss_at_t"
 """Prefix of the one-string name ``loss_at_t<t>`` of the per-timestep loss l_t (0-based t)."""
 
 
+def is_timestep_measurement(name: str) -> bool:
+    """Whether ``name`` is a per-timestep loss (``loss_at_t<t>``; shown in the substitution table, not the
+    benchmark comparison)."""
+    return name.startswith(TIMESTEP_PREFIX)
+
+
 def parse_measurement(name: str, timestep: int | None = None) -> tuple[Measurement, int | None]:
     """(kind, timestep) of a measurement name.
 
@@ -144,9 +150,7 @@ def measurement_rows(
     x0, t, eps = expand_draws(images, timesteps, noise)
     mse = loss_per_draw(eps_model, schedule, x0, t, eps, expand_labels(labels, spec.num_draws))
     if spec.measurement is Measurement.ELBO:
-        weights = schedule.elbo_weights().to(mse.device)[t.to(mse.device)].to(mse.dtype)
-        pixels = images[0].numel()
-        return mse * pixels * weights * schedule.num_timesteps / spec.num_draws
+        return schedule.elbo_terms(mse, t, images[0].numel()) / spec.num_draws
     return mse / spec.num_draws
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -228,9 +227,6 @@ class ScoreStore:
         self._scores = np.load(self.output_dir / SCORES_FILE, mmap_mode="r+")
         self._done = np.load(self.output_dir / DONE_MASK_FILE, mmap_mode="r+")
 
-    def is_finalized(self) -> bool:
-        return self.metadata_path.exists() and bool(read_json(self.metadata_path).get(FINALIZED_KEY))
-
     def done_indices(self) -> np.ndarray:
         """Training indices whose rows are already written, shape (num_done,)."""
         return np.flatnonzero(np.load(self.output_dir / DONE_MASK_FILE, mmap_mode="r"))
@@ -275,8 +271,3 @@ def load_scores(output_dir: str | Path, allow_partial: bool = False) -> np.ndarr
     if not allow_partial:
         verify_checksums(output_dir, [SCORES_FILE])
     return np.load(output_dir / SCORES_FILE)
-
-
-def remove_run(output_dir: str | Path) -> None:
-    """Delete an output folder (used by ``--overwrite``)."""
-    shutil.rmtree(output_dir, ignore_errors=True)

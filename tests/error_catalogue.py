@@ -105,7 +105,7 @@ def corrupt_queries(fixture: Path, case_dir: Path) -> None:
 
 def nan_factors(fixture: Path, case_dir: Path) -> None:
     """Factors with a NaN but a valid checksum (as NaN activations would give): the eigh guard must catch them."""
-    from lit_attr.curvature.kfac import load_factors, save_factors
+    from lit_attr.curvature.factors_io import load_factors, save_factors
 
     run = _copy_finished(fixture, case_dir)
     path = run / "factors" / "factors.safetensors"
@@ -435,7 +435,7 @@ CASES: list[Case] = [
 
 def build_fixture(root: Path) -> Path:
     """Shared files: a tiny trained checkpoint, train/attribute configs and a finished attribution run."""
-    from lit_attr.data.datasets import write_index_file
+    from lit_attr.data.index_files import write_index_file
 
     root.mkdir(parents=True, exist_ok=True)
     _, trainer = train_tiny_ddpm(root / "train", max_steps=4, ema_decay=0.9, batch_size=64, enable_checkpointing=False)

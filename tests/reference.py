@@ -5,6 +5,7 @@
   K-FAC'd layer's ``[W | b]`` matrix; one dense block per layer in the row-major (out, in+1) layout.
 - ``damped_solve``: ``torch.linalg.solve(M + damping I, v)``.
 - ``loop_per_example_gradients``: one example at a time, plain autograd + ``.grad``.
+- ``expanded_inputs``: a layer's inputs per weight-sharing position, conv patches by ``F.unfold``.
 - ``assert_close_report``: ``allclose`` that prints the worst entries when it fails.
 """
 
@@ -13,10 +14,29 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
-from lit_attr.curvature.layers import has_bias, layer_gradient_matrix, split_gradient_matrix
+from lit_attr.curvature.layers import conv_padding, has_bias, layer_gradient_matrix, split_gradient_matrix
+
+
+def expanded_inputs(module: nn.Module, x: Tensor, append_ones: bool | None = None) -> Tensor:
+    """Layer inputs per position: (R, P, in_eff [+1]); conv patches via ``F.unfold``.
+
+    Args:
+        module: a Linear or Conv2d.
+        x: its input, (R, ..., in) for Linear, (R, C_in, H, W) for Conv2d.
+        append_ones: append the bias column of ones (default: iff the layer has a bias).
+    """
+    if isinstance(module, nn.Conv2d):
+        patches = F.unfold(x, module.kernel_size, module.dilation, conv_padding(module), module.stride)
+        a = patches.transpose(1, 2)
+    else:
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+    if has_bias(module) if append_ones is None else append_ones:
+        a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
+    return a
 
 
 def layer_matrices(modules: dict[str, nn.Module]) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.attribution.run import run_attribution
 from lit_attr.curvature import select_kfac_modules
 from lit_attr.data.datamodules import AttributionDataModule, DiffusionDataModule
-from lit_attr.data.datasets import write_index_file
+from lit_attr.data.index_files import write_index_file
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.draws import draw_for_batch
 from lit_attr.diffusion.loss import loss_per_example, unet_eps_model

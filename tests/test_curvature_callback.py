@@ -4,9 +4,10 @@ import lightning as L
 import torch
 
 from callbacks.curvature import KFACCallback
-from lit_attr.curvature.kfac import load_factors
+from lit_attr.curvature.factors_io import load_factors
 from lit_attr.data.datamodules import DiffusionDataModule
-from lit_attr.data.datasets import write_index_file
+from lit_attr.diffusion.draws import DrawScheme
+from lit_attr.data.index_files import write_index_file
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.unet import tiny_unet_config
 from lit_attr.fingerprints import model_hash
@@ -27,7 +28,7 @@ def test_factors_after_fit(tmp_path):
     assert factors.metadata["data"]["num_examples"] == 40
     name, (a, g) = next(iter(factors.factors.items()))
     assert torch.allclose(a, a.T) and torch.linalg.eigvalsh(g).min() > -1e-9
-    same = callback.settings(seed=0, scheme=callback.resolved_scheme(module))
+    same = callback.settings(seed=0, scheme=callback.resolved_scheme(DrawScheme.INDEPENDENT))
     assert callback.load(path, {**same, "model_hash": factors.metadata["model_hash"],
                                 "data": factors.metadata["data"]}) is not None
     assert callback.load(path, {**same, "model_hash": "another model", "data": factors.metadata["data"]}) is None

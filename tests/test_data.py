@@ -23,7 +23,7 @@ from lit_attr.data import (
     read_index_file,
     write_index_file,
 )
-from lit_attr.data.datasets import CIFAR_FILES, CIFAR_FOLDER
+from lit_attr.data.cifar import CIFAR_FILES, CIFAR_FOLDER
 from lit_attr.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------- helpers

@@ -12,7 +12,7 @@ from callbacks.curvature import KFACCallback
 from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.data.datamodules import AttributionDataModule
-from lit_attr.data.datasets import write_index_file
+from lit_attr.data.index_files import write_index_file
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import expand_draws, loss_per_draw, unet_eps_model
@@ -278,22 +278,3 @@ def test_dtrak_gradients_are_squared_output_norm_gradients(tiny_model, tmp_path)
     # the D-TRAK function is not the loss: its gradient differs from the loss gradient
     loss_grads = module.training_gradients({"image": x0, "index": index})
     assert not torch.allclose(loss_grads, torch.cat([g.flatten(1) for g in batched.values()], 1), atol=1e-3)
-
-
-@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs" / "lds").glob("*.yaml")))
-def test_every_lds_config_parses(config, capsys):
-    """Benchmark configs against evaluate.py's parser (and their recipes against train.py's)."""
-    import evaluate
-    from lit_attr.cli import LitAttrCLI
-    from lit_attr.data.datamodules import DiffusionDataModule
-
-    path = ROOT / "configs" / "lds" / config
-    if config.endswith("_train.yaml"):
-        with pytest.raises(SystemExit) as exit_info:
-            LitAttrCLI(DDPMModule, DiffusionDataModule, args=["fit", "--config", str(path), "--print_config"])
-        assert exit_info.value.code in (0, None)
-        return
-    parser = evaluate.build_parser()
-    args = parser.parse_args(["report", "--config", str(path)])
-    bench = evaluate.benchmark_config(parser.instantiate(args)["report"])
-    assert bench.methods and (ROOT / bench.retraining.recipe).is_file()

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from lit_attr.data.datasets import read_index_file
+from lit_attr.data.index_files import read_index_file
 from lit_attr.errors import ConfigError, DataError, StoreMismatchError
+from lit_attr.evaluation.job_share import JobShare
 from lit_attr.metrics import RetrainingWithoutTopInfluences, random_removal, top_influence_removal
 from lit_attr.metrics.retraining import remaining_positions
-from lit_attr.retraining import (
+from lit_attr.evaluation.retraining import (
     SeedingProtocol,
     create_subsets,
     job_done,
@@ -87,16 +88,18 @@ def test_plan_shards_cover_every_job_once_and_skip_done(tmp_path):
     create_subsets(tmp_path, num_train=8, num_subsets=5, seed=0)
     full = plan_retraining(tmp_path, num_seeds=2, protocol="independent", base_seed=7)
     assert [(j.subset_index, j.slot) for j in full[:6]] == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (0, 1)]
-    shards = [plan_retraining(tmp_path, 2, "independent", 7, start=s, count=3) for s in range(0, 10, 3)]
+    shards = [JobShare(start=s, count=3).select(full) for s in range(0, 10, 3)]
     assert [j for shard in shards for j in shard] == full and len(full) == 10
+    workers = [JobShare(start=2, count=5, worker=w, num_workers=2).select(full) for w in range(2)]
+    assert workers == [full[2:7:2], full[3:7:2]]
     job = full[6]
     assert job.run_dir == tmp_path / "retrain" / "subset_001" / "seed_1" and job.seed == 7 + 1 * 2 + 1
     assert job.indices_file == subset_indices_path(tmp_path, 1)
     assert not job_done(job)
     mark_job_done(job, {"steps": 3})
     assert job_done(job)
-    assert job not in plan_retraining(tmp_path, 2, "independent", 7, start=6, count=3)
-    assert len(plan_retraining(tmp_path, 2, "independent", 7, start=6, count=3, skip_done=False)) == 3
+    assert job not in plan_retraining(tmp_path, 2, "independent", 7)
+    assert JobShare(start=6, count=3).select(plan_retraining(tmp_path, 2, "independent", 7, skip_done=False))[0] == job
     with pytest.raises(StoreMismatchError, match="seed 10; this plan uses seed 8"):
         plan_retraining(tmp_path, 2, "common", 7)
     create_subsets(tmp_path, num_train=8, num_subsets=5, seed=1, overwrite=True)

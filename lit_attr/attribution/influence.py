@@ -36,8 +36,11 @@ from lit_attr.attribution.gradients import (
 from lit_attr.attribution.memory import RunShape, activation_bytes_per_row, check_memory
 from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, concat_compressed
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries, planned_num_queries
-from lit_attr.constants import FACTORS_FILE, LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
+from lit_attr.constants import LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
+from lit_attr.contracts import CurvatureRequest, ScoreTarget
+from lit_attr.curvature.callback import KFACCallback
 from lit_attr.curvature.eigen import KFACEigen, precondition
+from lit_attr.curvature.factors_io import factors_path
 from lit_attr.curvature.layers import gradient_shapes, select_kfac_modules
 from lit_attr.ddpm_module import as_config
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
@@ -132,14 +135,10 @@ class InfluenceModule(L.LightningModule):
         self.kfac_modules = select_kfac_modules(self.ddpm.attribution_unet)
         self.eigen: KFACEigen | None = None
         self.query_rows: CompressedRows | None = None
-        self.needs_curvature = True
+        self.rows_remaining = True
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ identity
-    @property
-    def default_factors_path(self) -> Path:
-        return self.output_dir / "factors" / FACTORS_FILE
-
     def curvature_identity(self) -> dict[str, Any]:
         """Model and data the curvature belongs to (stored with the factors, compared on load)."""
         return {"model_hash": self._model_hash, "data": self._data_fingerprint}
@@ -147,7 +146,8 @@ class InfluenceModule(L.LightningModule):
     def run_metadata(self) -> dict[str, Any]:
         """Everything the scores depend on; compared when a run is resumed."""
         callback = self._curvature_callback()
-        curvature = callback.settings(seed=callback.resolved_seed(self), scheme=callback.resolved_scheme(self))
+        curvature = callback.settings(seed=callback.resolved_seed(self.seed),
+                                      scheme=callback.resolved_scheme(self.draw_scheme))
         return {
             "method": "kfac_influence", "checkpoint": str(self.checkpoint), **self.curvature_identity(),
             "queries": {"source": self.queries.source, "hash": self.queries.fingerprint(),
@@ -157,10 +157,8 @@ class InfluenceModule(L.LightningModule):
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
         }
 
-    def _curvature_callback(self, required: bool = True) -> Any:
+    def _curvature_callback(self, required: bool = True) -> KFACCallback | None:
         """The trainer's ``KFACCallback`` (None if absent and not ``required``, e.g. for TRAK)."""
-        from callbacks.curvature import KFACCallback
-
         found = [cb for cb in self.trainer.callbacks if isinstance(cb, KFACCallback)]
         if not found and required:
             raise ConfigError("No curvature: add `- class_path: callbacks.curvature.KFACCallback` to trainer.callbacks.")
@@ -199,8 +197,8 @@ class InfluenceModule(L.LightningModule):
         self.trainer.strategy.barrier("store_prepared")
         done_rows = self.store.done_indices()
         datamodule.exclude_indices = [int(dataset.indices[row]) for row in done_rows]
-        self.needs_curvature = len(done_rows) < len(dataset)
-        if not self.needs_curvature:
+        self.rows_remaining = len(done_rows) < len(dataset)
+        if not self.rows_remaining:
             log.info("All %d rows of %s are already scored.", len(dataset), self.output_dir)
 
     def _use_cached_latents(self, datamodule: Any) -> LatentDataset:
@@ -252,14 +250,28 @@ class InfluenceModule(L.LightningModule):
         needs_trajectory = self.measurement_spec.measurement is Measurement.TRAJECTORY_LOGPROB
         return build_queries(self.query_config, self.ddpm, dataset, record_trajectory=needs_trajectory)
 
+    def curvature_request(self) -> CurvatureRequest | None:
+        """The curvature ``KFACCallback`` provides before predicting (``contracts.CurvatureConsumer``);
+        None when every row is already scored."""
+        if not self.rows_remaining:
+            return None
+        return CurvatureRequest(unet=self.ddpm.attribution_unet, schedule=self.ddpm.schedule,
+                                factors_path=factors_path(self.output_dir), identity=self.curvature_identity(),
+                                seed=self.seed, draw_scheme=self.draw_scheme, refit=self.overwrite,
+                                data=self.trainer.datamodule.curvature_dataloader)
+
     def set_curvature(self, eigen: KFACEigen) -> None:
         """Called by ``KFACCallback`` with the (EK-)FAC eigendecomposition."""
         self.eigen = eigen
 
+    def score_target(self) -> ScoreTarget:
+        """Where ``ScoreWriter`` puts the predicted rows (``contracts.ScoreProducer``); prepared in ``setup``."""
+        return ScoreTarget(self.store, self.row_of)
+
     # ------------------------------------------------------------------ queries
     def on_predict_start(self) -> None:
         """Precondition the query gradients once (after ``KFACCallback`` set the curvature)."""
-        if not self.needs_curvature:
+        if not self.rows_remaining:
             return
         if self.eigen is None:
             raise RuntimeError("KFACCallback did not provide the curvature.")

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from lit_attr.attribution.query_files import load_query_file
-from lit_attr.data.datasets import ImageFolderDataset, IndexedDataset, find_image_files
+from lit_attr.data.folders import ImageFolderDataset, find_image_files
+from lit_attr.data.indexed import IndexedDataset
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.errors import ConfigError
 from lit_attr.validation import check_finite

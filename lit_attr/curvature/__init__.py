@@ -2,7 +2,9 @@
 
 - ``layers``: which layers are K-FAC'd (Linear, Conv2d incl. attention) and the ``[dW | db]`` layout;
 - ``capture``: forward/tensor hooks giving layer inputs and output gradients, and their contractions;
-- ``kfac``: K-FAC factors (eq. 12) with MC / empirical / type-2 estimates, accumulation and storage;
+- ``kfac``: K-FAC factors (eq. 12) with MC / empirical / type-2 estimates and their accumulation;
+- ``factors_io``: the factors on disk (safetensors, checksummed, written atomically);
+- ``callback``: ``KFACCallback``, the curvature pass of a ``Trainer``;
 - ``eigen``: eigendecomposition, damped inverse (preconditioning) and EK-FAC eigenvalue correction.
 """
 
@@ -16,17 +18,8 @@ from lit_attr.curvature.eigen import (
     kfac_matrix,
     precondition,
 )
-from lit_attr.curvature.kfac import (
-    FisherType,
-    KFACAccumulator,
-    KFACApprox,
-    KFACFactors,
-    factors_exist,
-    factors_path,
-    fit_kfac_factors,
-    load_factors,
-    save_factors,
-)
+from lit_attr.curvature.factors_io import factors_exist, factors_path, load_factors, save_factors
+from lit_attr.curvature.kfac import FisherType, KFACAccumulator, KFACApprox, KFACFactors, fit_kfac_factors
 from lit_attr.curvature.layers import (
     gradient_shapes,
     layer_gradient_matrix,

@@ -11,8 +11,8 @@ and the *reduce* views (Eschenhagen et al. 2023, K-FAC-reduce) are the mean of `
 sum of ``g`` over P. Everything K-FAC, EK-FAC and per-example gradients need is a contraction of
 these views; the functions below compute those contractions without materialising the expanded
 conv patches of a whole batch (``conv_gram.conv_patch_gram`` for K-FAC's A,
-``conv_grads.conv_group_gradients`` for per-example gradients); ``expanded_inputs`` is the plain
-``F.unfold`` view, kept for clarity and tests.
+``conv_grads.conv_group_gradients`` for per-example gradients); the plain ``F.unfold`` view is
+``tests/reference.py``'s ``expanded_inputs``, the oracle they are tested against.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_attr.curvature.conv_grads import conv_group_gradients, unfolded_group_scores, uses_unfolded_kernel
 from lit_attr.curvature.conv_gram import conv_patch_gram, conv_plan_for
-from lit_attr.curvature.layers import conv_padding, has_bias
+from lit_attr.curvature.layers import has_bias
 from lit_attr.errors import ConfigError, UnsupportedLayerError
 
 
@@ -159,24 +158,6 @@ def _store_grad(capture_ref: weakref.ref, name: str, grad: Tensor) -> None:
     capture = capture_ref()
     if capture is not None:
         capture.grad_outputs[name] = grad.detach()
-
-
-def expanded_inputs(module: nn.Module, x: Tensor, append_ones: bool | None = None) -> Tensor:
-    """Layer inputs per position: (R, P, in_eff [+1]); conv patches via ``F.unfold``.
-
-    Args:
-        module: a Linear or Conv2d.
-        x: its input, (R, ..., in) for Linear, (R, C_in, H, W) for Conv2d.
-        append_ones: append the bias column of ones (default: iff the layer has a bias).
-    """
-    if isinstance(module, nn.Conv2d):
-        patches = F.unfold(x, module.kernel_size, module.dilation, conv_padding(module), module.stride)
-        a = patches.transpose(1, 2)
-    else:
-        a = x.reshape(x.shape[0], -1, x.shape[-1])
-    if has_bias(module) if append_ones is None else append_ones:
-        a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
-    return a
 
 
 def expanded_grad_outputs(module: nn.Module, g: Tensor) -> Tensor:

@@ -39,20 +39,14 @@ which is not the type-2 GGN of the pixel-mean loss.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -68,7 +62,7 @@ from lit_attr.curvature.layers import gradient_matrix_shape
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import EpsModel, call_model, expand_draws, expand_labels
 from lit_attr.diffusion.schedule import DiffusionSchedule
-from lit_attr.errors import ConfigError, DamagedOutputError
+from lit_attr.errors import ConfigError
 from lit_attr.seeding import generator_for
 
 log = logging.getLogger(__name__)
@@ -381,78 +375,3 @@ def fit_kfac_factors(
     factors = accumulator.finalize()
     log.info("Fitted K-FAC factors on %d rows in %.1f s", factors.num_rows, time.perf_counter() - start)
     return factors
-
-
-# ---------------------------------------------------------------------------- storage
-
-REFIT_FIX = "delete the file or rerun attribute.py with --model.overwrite true to refit it."
-FACTORS_KEY = "lit_attr_factors"
-METADATA_KEY = "metadata"
-CHECKSUM_KEY = "content_sha256"
-"""Header entry: SHA-256 of every tensor's bytes (in key order), verified by ``load_factors``."""
-
-
-def _tensors_checksum(tensors: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        digest.update(key.encode())
-        digest.update(tensors[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def factors_path(output_dir: str | Path, name: str = "kfac") -> Path:
-    """Where the factors of a run live: ``output_dir/factors/{name}.safetensors``."""
-    return Path(output_dir) / "factors" / f"{name}.safetensors"
-
-
-def factors_exist(path: str | Path) -> bool:
-    """Whether complete factors were saved at ``path`` (files are written atomically)."""
-    return Path(path).is_file()
-
-
-def save_factors(path: str | Path, factors: KFACFactors, metadata: dict | None = None) -> None:
-    """Save factors as safetensors (keys ``{name}/A``, ``{name}/G``) with JSON metadata.
-
-    The file is written to a temporary name first and then renamed, so a killed run never leaves
-    a partial file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, (a, g) in factors.factors.items():
-        tensors[f"{name}/A"], tensors[f"{name}/G"] = a.detach().cpu().contiguous(), g.detach().cpu().contiguous()
-    info = {
-        "names": list(factors.factors), "num_rows": factors.num_rows, "fisher_type": factors.fisher_type.value,
-        "kfac_approx": factors.kfac_approx.value, "mc_samples": factors.mc_samples,
-    }
-    extra = metadata if metadata is not None else factors.metadata
-    meta = {FACTORS_KEY: json.dumps(info), METADATA_KEY: json.dumps(extra), CHECKSUM_KEY: _tensors_checksum(tensors)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def load_factors(path: str | Path, device: str | torch.device = "cpu") -> KFACFactors:
-    """Load factors written by ``save_factors``; their metadata dict is in ``.metadata``.
-
-    Raises:
-        DamagedOutputError: the file cannot be read or its tensors do not match the stored checksum.
-    """
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            meta = handle.metadata()
-            info = json.loads(meta[FACTORS_KEY])
-            factors = {name: (handle.get_tensor(f"{name}/A"), handle.get_tensor(f"{name}/G")) for name in info["names"]}
-    except Exception as error:  # noqa: BLE001 - truncated or foreign files fail in many ways
-        raise DamagedOutputError(f"K-FAC factors {path} cannot be read ({type(error).__name__}: "
-                                 f"{' '.join(str(error).split())[:100]}); {REFIT_FIX}") from None
-    stored = meta.get(CHECKSUM_KEY)
-    tensors = {key: t for name, (a, g) in factors.items() for key, t in ((f"{name}/A", a), (f"{name}/G", g))}
-    if stored is not None and stored != _tensors_checksum(tensors):
-        raise DamagedOutputError(f"K-FAC factors {path} do not match their checksum (changed after they were "
-                                 f"written); {REFIT_FIX}")
-    factors = {name: (a.to(device), g.to(device)) for name, (a, g) in factors.items()}
-    return KFACFactors(
-        factors, info["num_rows"], FisherType(info["fisher_type"]), KFACApprox(info["kfac_approx"]),
-        info["mc_samples"], json.loads(meta[METADATA_KEY]),
-    )

@@ -13,7 +13,8 @@ from typing import Literal
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lit_attr.data.datasets import DatasetConfig, IndexedDataset
+from lit_attr.data.datasets import DatasetConfig
+from lit_attr.data.indexed import IndexedDataset
 from lit_attr.data.resumable import ResumableDataLoader
 from lit_attr.errors import ConfigError, DataError
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lit_attr.data.datasets import ArrayImageDataset
+from lit_attr.data.indexed import ArrayImageDataset
 from lit_attr.errors import ConfigError
 
 PATCH_TILE = 16

@@ -212,6 +212,24 @@ class DiffusionSchedule(torch.nn.Module):
         weights = self.betas_f64**2 / (2.0 * variance * self.alphas_f64 * (1.0 - self.alphas_cumprod_f64))
         return weights * self.target_to_eps_factor()
 
+    def elbo_terms(self, mse: Tensor, t: Tensor, num_pixels: int) -> Tensor:
+        """Per-draw ELBO terms ``T w_t D mse``: one draw's unbiased estimate of the negative ELBO.
+
+        Ho et al. eq. (5) without parameter-free constants, ``sum_t L_{t-1} = T E_t[w_t ||eps - eps_hat||^2]``
+        with ``w_t`` from ``elbo_weights``; ``mse`` is the pixel mean of the squared error, so ``D mse`` is the
+        pixel sum.
+
+        Args:
+            mse: per-draw pixel-mean squared errors of any shape.
+            t: the draws' timesteps, the same shape as ``mse``.
+            num_pixels: D, pixels per image (C * H * W).
+
+        Returns:
+            Terms of ``mse``'s shape, device and dtype.
+        """
+        weights = self.elbo_weights().to(mse.device)[t.to(mse.device)].to(mse.dtype)
+        return mse * num_pixels * weights * self.num_timesteps
+
     def sampling_timesteps(self, num_steps: int | None = None) -> Tensor:
         """Descending timesteps of a sampler: all T of them, or ``num_steps`` evenly spaced.
 

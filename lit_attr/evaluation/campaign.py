@@ -1,6 +1,6 @@
 """The stages of a benchmark run, each resumable: full model, queries, subsets, retraining, scoring.
 
-Layout under ``root`` (besides ``lit_attr.retraining``'s ``subsets/`` and ``retrain/``)::
+Layout under ``root`` (besides ``lit_attr.evaluation.retraining``'s ``subsets/`` and ``retrain/``)::
 
     config.yaml                         the resolved benchmark settings (workers read it)
     full/model.ckpt, full/done.json     the full-data model (seed: retraining.base_seed)
@@ -27,15 +27,28 @@ import numpy as np
 import torch
 
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import QUERIES_FILE
-from lit_attr.data.datasets import DatasetConfig, IndexedDataset, write_index_file
+from lit_attr.constants import (
+    CURVATURE_DIR,
+    DONE_FILE,
+    FULL_DIR,
+    MEASUREMENTS_FILE,
+    METHODS_DIR,
+    MODEL_FILE,
+    QUERIES_FILE,
+    REMOVAL_DIR,
+    SUBSET_INDICES_FILE,
+)
+from lit_attr.data.datasets import DatasetConfig
+from lit_attr.data.index_files import write_index_file
+from lit_attr.data.indexed import IndexedDataset
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
 from lit_attr.evaluation.training import train_model
 from lit_attr.evaluation.true_measurements import measure_queries
+from lit_attr.methods.base import ScoreSet
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
 from lit_attr.pipeline_io import load_ddpm_module
-from lit_attr.retraining import (
+from lit_attr.evaluation.retraining import (
     RetrainJob,
     create_subsets,
     job_done,
@@ -50,9 +63,6 @@ from lit_attr.storage import read_json
 
 log = logging.getLogger(__name__)
 
-MEASUREMENTS_FILE = "measurements.pt"
-FULL_DIR = "full"
-
 
 @dataclass(frozen=True)
 class TrainingJob:
@@ -61,25 +71,6 @@ class TrainingJob:
     job: RetrainJob
     steps: int
     label: str
-
-
-@dataclass
-class ScoreSet:
-    """A method's scores with ``draws`` draws (0: no draws, e.g. similarity).
-
-    Attributes:
-        approx: labels of axis 1 (the measurement whose gradient the scores use).
-        dampings: values of axis 2.
-        scores: (N, len(approx), len(dampings), Q).
-        half_a, half_b: the same from the two halves of the draws (None when there are no draws).
-    """
-
-    draws: int
-    approx: list[str]
-    dampings: list[float]
-    scores: np.ndarray
-    half_a: np.ndarray | None
-    half_b: np.ndarray | None
 
 
 class Benchmark:
@@ -121,7 +112,7 @@ class Benchmark:
 
     # ------------------------------------------------------------------ full model and queries
     def full_job(self) -> TrainingJob:
-        indices = self.root / FULL_DIR / "indices.txt"
+        indices = self.root / FULL_DIR / SUBSET_INDICES_FILE
         if not indices.exists():
             indices.parent.mkdir(parents=True, exist_ok=True)
             write_index_file(indices, list(self.dataset.indices))
@@ -139,7 +130,7 @@ class Benchmark:
                                   f"for {q.num_generated} with seed {q.seed}; use another root (the models were "
                                   "measured on the stored queries).")
             return queries
-        ddpm = load_ddpm_module(self.full_job().job.run_dir / "model.ckpt")
+        ddpm = load_ddpm_module(self.full_job().job.run_dir / MODEL_FILE)
         queries = build_queries(QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), ddpm, self.dataset)
         tmp = path.with_name(path.name + ".tmp")
         queries.save(tmp)
@@ -177,7 +168,7 @@ class Benchmark:
         pending = [j for j in jobs if not job_done(j.job)]
         for job in jobs:
             if job not in pending:
-                steps = read_json(job.job.run_dir / "done.json").get("steps")
+                steps = read_json(job.job.run_dir / DONE_FILE).get("steps")
                 if steps != job.steps:
                     raise ConfigError(f"{job.job.run_dir} was trained for {steps} steps, this benchmark asks for "
                                       f"{job.steps} (retraining.full_steps changed?); use another root.")
@@ -250,53 +241,29 @@ class Benchmark:
 
     # ------------------------------------------------------------------ methods
     def method_dir(self, method: MethodConfig) -> Path:
-        return self.root / "methods" / method.name
+        return self.root / METHODS_DIR / method.name
 
     def run_method(self, method: MethodConfig) -> None:
         """Score every training example for every variant of ``method`` (resumable)."""
-        from lit_attr.evaluation import scoring
+        from lit_attr.methods.base import ScoringInputs
+        from lit_attr.methods.registry import method_for
 
         out = self.method_dir(method)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / QUERIES_FILE).exists():
             self.queries()
             shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
-        checkpoint = self.full_job().job.run_dir / "model.ckpt"
-        if method.kind == "kfac":
-            scoring.score_method(method, checkpoint, out, self.root / "curvature", self.data_settings(),
-                                 self.config.queries)
-        elif method.kind in ("trak", "dtrak"):
-            scoring.score_projected(method, checkpoint, out, self.data_settings(), self.config.queries)
-        else:
-            scoring.score_similarity(method, self.dataset, self.queries().images, out)
+        inputs = ScoringInputs(checkpoint=self.full_job().job.run_dir / MODEL_FILE, output_dir=out,
+                               curvature_dir=self.root / CURVATURE_DIR, data=self.data_settings(),
+                               queries=self.config.queries, dataset=self.dataset,
+                               query_images=lambda: self.queries().images)
+        method_for(method).score(inputs)
 
     def score_sets(self, method: MethodConfig) -> list[ScoreSet]:
         """The scores of a finished method for each reported number of draws."""
-        out = self.method_dir(method)
-        if method.kind == "kfac":
-            scores = self.method_scores(method)  # (N, G, M, D, Q)
-            sets = []
-            for draws in method.report_draws:
-                k = draws // method.draws_per_group
-                sets.append(ScoreSet(draws, list(method.measurements), list(method.dampings),
-                                     scores[:, :k].mean(axis=1), scores[:, :k // 2].mean(axis=1),
-                                     scores[:, k // 2:k].mean(axis=1)))
-            return sets
-        if method.kind in ("trak", "dtrak"):
-            from lit_attr.evaluation.projected import SCORES_FILE
+        from lit_attr.methods.registry import method_for
 
-            stored = np.load(out / SCORES_FILE)
-            labels = ["sqnorm"] if method.kind == "dtrak" else list(method.measurements)
-            return [ScoreSet(d, labels, list(method.dampings), stored[f"S{d}"], stored[f"S{d}_a"], stored[f"S{d}_b"])
-                    for d in method.report_draws]
-        scores = np.load(out / "scores.npy")[:, None, None, :]
-        return [ScoreSet(0, [method.kind], [0.0], scores, None, None)]
-
-    def method_scores(self, method: MethodConfig) -> np.ndarray:
-        """(N, G, M, D, Q) scores of a finished K-FAC method."""
-        from lit_attr.evaluation.variants import load_variant_scores
-
-        return load_variant_scores(self.method_dir(method))
+        return method_for(method).score_sets(self.method_dir(method))
 
     # ------------------------------------------------------------------ removal
     def removal_jobs(self) -> list[TrainingJob]:
@@ -313,7 +280,7 @@ class Benchmark:
     def _removal_jobs_of(self, method: MethodConfig) -> list[TrainingJob]:
         rem = self.config.removal
         scores = torch.from_numpy(self.removal_scores(method))
-        base = self.root / "removal" / method.name
+        base = self.root / REMOVAL_DIR / method.name
         jobs = []
         for f_index, fraction in enumerate(rem.fractions):
             picks = [(q, top_influence_removal(scores, fraction, q), f"q{q:03d}_top_{fraction:g}")
@@ -322,7 +289,7 @@ class Benchmark:
                           f"random_{fraction:g}"))
             for q, removed, name in picks:
                 keep = remaining_positions(self.num_train, removed)
-                indices = base / name / "indices.txt"
+                indices = base / name / SUBSET_INDICES_FILE
                 if not indices.exists():
                     indices.parent.mkdir(parents=True, exist_ok=True)
                     write_index_file(indices, [int(self.dataset.indices[p]) for p in keep.tolist()])
@@ -363,12 +330,12 @@ class Benchmark:
         if self.config.reuse is None:
             return
         source = Path(self.config.reuse).expanduser().resolve()
-        if not (source / FULL_DIR / "done.json").exists():
+        if not (source / FULL_DIR / DONE_FILE).exists():
             raise ConfigError(f"reuse={self.config.reuse}: no finished full model there; run that benchmark first.")
         if source == self.root.resolve():
             raise ConfigError("reuse must name another benchmark root than root.")
         self.root.mkdir(parents=True, exist_ok=True)
-        for name in (FULL_DIR, QUERIES_FILE, "methods", "curvature"):
+        for name in (FULL_DIR, QUERIES_FILE, METHODS_DIR, CURVATURE_DIR):
             link = self.root / name
             if (source / name).exists() and not link.exists() and not link.is_symlink():
                 link.symlink_to(source / name, target_is_directory=(source / name).is_dir())

@@ -26,6 +26,7 @@ from lit_attr.attribution.gradients import flatten_gradients, per_example_gradie
 from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.baselines.projection import RandomProjector
 from lit_attr.baselines.trak import trak_scores
+from lit_attr.constants import METADATA_FILE, QUERY_FEATURES_FILE, TRAK_SCORES_FILE
 from lit_attr.diffusion.draws import draw_for_batch
 from lit_attr.diffusion.loss import expand_draws, unet_eps_model
 from lit_attr.errors import ConfigError
@@ -34,8 +35,6 @@ from lit_attr.measurements import MeasurementSpec
 from lit_attr.storage import load_scores, read_json
 
 SQNORM = "sqnorm"
-QUERY_FEATURES_FILE = "query_features.pt"
-SCORES_FILE = "trak_scores.npz"
 
 
 class ProjectedGradientModule(InfluenceModule):
@@ -76,9 +75,9 @@ class ProjectedGradientModule(InfluenceModule):
                 "seed": self.seed, "draw_scheme": self.draw_scheme.value,
                 "measurement": {"num_draws": self.measurement_config.num_draws}, "projection": self.projection}
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        self.rows_remaining, self.needs_curvature = self.needs_curvature, False  # no K-FAC
+    def curvature_request(self) -> None:
+        """None: TRAK and D-TRAK use no K-FAC curvature."""
+        return None
 
     def on_predict_start(self) -> None:
         """Project the query gradients once: ``query_features.pt`` = {measurement: (Q, d_proj)}."""
@@ -132,7 +131,7 @@ def finish_projected_scores(output_dir: str | Path, report_draws: list[int], dra
                             dampings: list[float]) -> Path:
     """Scores (N, M, D, Q) per reported S and for its two halves, saved as ``trak_scores.npz``."""
     output_dir = Path(output_dir)
-    meta = read_json(output_dir / "metadata.json")
+    meta = read_json(output_dir / METADATA_FILE)
     groups, dim = meta["num_groups"], meta["projection"]["dim"]
     features = torch.from_numpy(np.asarray(load_scores(output_dir))).view(-1, groups, dim).double()
     queries = torch.load(output_dir / QUERY_FEATURES_FILE, weights_only=True)
@@ -146,8 +145,8 @@ def finish_projected_scores(output_dir: str | Path, report_draws: list[int], dra
             arrays[key] = torch.stack(per_measurement).permute(2, 0, 1, 3).numpy()  # (N, M, D, Q)
     arrays["report_draws"] = np.asarray(report_draws, dtype=np.int64)
     arrays["dampings"] = np.asarray(dampings, dtype=np.float64)
-    path = output_dir / SCORES_FILE
-    tmp = output_dir / ("partial_" + SCORES_FILE)
+    path = output_dir / TRAK_SCORES_FILE
+    tmp = output_dir / ("partial_" + TRAK_SCORES_FILE)
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return path
@@ -155,10 +154,8 @@ def finish_projected_scores(output_dir: str | Path, report_draws: list[int], dra
 
 def finished_closed_form(output_dir: str | Path) -> tuple[list[int], list[float]] | None:
     """(report_draws, dampings) of the stored ``trak_scores.npz``; None when there is none."""
-    path = Path(output_dir) / SCORES_FILE
+    path = Path(output_dir) / TRAK_SCORES_FILE
     if not path.exists():
         return None
     with np.load(path) as stored:
-        if "dampings" not in stored:
-            return [], []
         return [int(d) for d in stored["report_draws"]], [float(d) for d in stored["dampings"]]

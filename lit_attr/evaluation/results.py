@@ -24,24 +24,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_attr.constants import DONE_FILE, REMOVAL_DIR, RESULTS_JSON, RESULTS_MD, TENSORBOARD_DIR
 from lit_attr.evaluation.campaign import Benchmark
+from lit_attr.evaluation.plots import benchmark_figures
 from lit_attr.evaluation.selection import cross_fitted, fold_masks
-from lit_attr.measurements import TIMESTEP_PREFIX
+from lit_attr.measurements import is_timestep_measurement
 from lit_attr.metrics.lds import (
     LinearDatamodelingScore,
     exact_retraining_lds,
     mean_and_stderr,
-    predicted_changes,
     seed_reliability,
     spearman_per_query,
     split_half_reliability,
     subsets_to_masks,
 )
 from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences
-from lit_attr.retraining import read_subsets
-
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
+from lit_attr.evaluation.retraining import read_subsets
 
 
 def _stat(values: torch.Tensor) -> dict[str, float]:
@@ -128,11 +126,6 @@ def compute_results(bench: Benchmark, outcomes: BenchmarkOutcomes | None = None)
     return results
 
 
-def is_timestep_measurement(name: str) -> bool:
-    """``loss_at_t<t>``: a per-timestep loss (shown in the substitution table, not the comparison)."""
-    return name.startswith(TIMESTEP_PREFIX)
-
-
 def substitution_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The measurement-substitution tables (like the paper's Fig. 11), one per method scored with per-timestep
     measurements: LDS of every target (retrained and measured) when the scores use the gradient of each
@@ -164,12 +157,12 @@ def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
     the random control, and the paired per-query difference to the first removal method (``vs_reference``)."""
     rem = bench.config.removal
     jobs = bench.removal_jobs() if rem.queries else []
-    if not jobs or not all((j.job.run_dir / "done.json").exists() for j in jobs):
+    if not jobs or not all((j.job.run_dir / DONE_FILE).exists() for j in jobs):
         return []
     t = list(bench.config.true_measurements.measurements).index(rem.measurement)
     full = bench.full_measurements()[0, t]
     queries = torch.tensor(rem.queries)
-    by_dir = {j.job.run_dir.parent.relative_to(bench.root / "removal").as_posix():
+    by_dir = {j.job.run_dir.parent.relative_to(bench.root / REMOVAL_DIR).as_posix():
               bench._measurements(j.job.run_dir)[0, t] for j in jobs}
     out = []
     for fraction in rem.fractions:
@@ -258,11 +251,11 @@ def write_results(bench: Benchmark, results: dict[str, Any],
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(paths["json"])
     paths["markdown"].write_text(markdown(results))
-    figures = _figures(bench, results, outcomes or BenchmarkOutcomes.load(bench))
+    figures = benchmark_figures(bench, results, outcomes or BenchmarkOutcomes.load(bench), _headline_rows(results))
     for name, fig in figures.items():
         paths[name] = root / f"{name}.png"
         fig.savefig(paths[name], dpi=110, bbox_inches="tight")
-    _tensorboard(root / "tensorboard", results, figures)
+    _tensorboard(root / TENSORBOARD_DIR, results, figures)
     return paths
 
 
@@ -329,86 +322,6 @@ def _reference_row(results: dict[str, Any], head: dict[str, Any] | None, num_dra
     same = [x for x in results["lds"] if (x["method"], x["target"], x["approx"]) ==
             (head["method"], head["target"], head["approx"]) and x["num_draws"] == num_draws]
     return same[0] if same else head
-
-
-def _figures(bench: Benchmark, results: dict[str, Any], outcomes: BenchmarkOutcomes) -> dict[str, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures = {}
-    rows = _headline_rows(results)
-    targets = [t for t in results["diagnostics"] if not is_timestep_measurement(t)]
-    fig, axes = plt.subplots(1, len(targets), figsize=(0.5 + 0.45 * len(results["comparison"]), 3.4), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        sel = [c for c in results["comparison"] if c["target"] == target]
-        labels = [c["method"] for c in sel]
-        best = [c["best"] for c in sel]
-        default = [c["default"] for c in sel]
-        oracle = results["diagnostics"][target].get("oracle_lds")
-        if oracle:
-            labels.append("oracle")
-            best.append(oracle)
-            default.append(oracle)
-        x = range(len(labels))
-        ax.bar(x, [b["mean"] for b in best], color="C0", alpha=0.35, label="best damping")
-        ax.bar(x, [d["mean"] for d in default], yerr=[d["stderr"] for d in default], width=0.5,
-               color=["C0"] * len(sel) + ["C7"] * (len(labels) - len(sel)), label="default damping")
-        ax.axhline(0, color="k", linewidth=0.5)
-        ax.set_xticks(x, labels, rotation=35, ha="right")
-        ax.set_title(f"LDS, target {target}")
-        ax.set_ylabel("LDS (Spearman)")
-        ax.legend(fontsize=7)
-    figures["lds_bars"] = fig
-    swept = sorted({r["method"] for r in results["lds"] if not r["default_damping"]})
-    if swept:
-        fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
-        for ax, target in zip(axes[0], targets):
-            for method in swept:
-                head = next(r for r in rows if r["method"] == method and r["target"] == target)
-                curve = sorted((r["damping"], r["mean"]) for r in results["lds"] if r["method"] == method
-                               and r["target"] == target and r["approx"] == head["approx"]
-                               and r["num_draws"] == head["num_draws"] and r["damping"] > 0)
-                ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", label=method)
-            ax.set_xscale("log")
-            ax.set_xlabel("damping (mean-loss GGN units)")
-            ax.set_ylabel("LDS")
-            ax.set_title(f"target {target}")
-            ax.legend(fontsize=7)
-        figures["damping"] = fig
-    method = next(m for m in bench.config.methods if m.name not in results["missing_methods"])
-    first = max(bench.score_sets(method), key=lambda s: s.draws)
-    scores = first.scores[:, 0, 0]
-    predicted = predicted_changes(torch.from_numpy(scores).double(), outcomes.masks)
-    measured_names = list(bench.config.true_measurements.measurements)
-    target_index = measured_names.index(first.approx[0]) if first.approx[0] in measured_names else 0
-    actual = outcomes.measured[:, :, 0, target_index].nanmean(1)
-    shown = min(4, predicted.shape[1])
-    fig, axes = plt.subplots(1, shown, figsize=(3.2 * shown, 3.0), squeeze=False)
-    for q, ax in enumerate(axes[0]):
-        ax.scatter(predicted[:, q], actual[:, q], s=10)
-        ax.set_title(f"query {q}")
-        ax.set_xlabel("predicted change (scores)")
-        if q == 0:
-            ax.set_ylabel(f"retrained {measured_names[target_index]}")
-    fig.suptitle(f"{method.name}: predicted vs actual per subset")
-    figures["scatter"] = fig
-    for table in results.get("substitution", [])[:1]:
-        mean = np.array(table["mean"])
-        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(table["targets"]), 0.8 + 0.5 * len(table["approx"])))
-        limit = max(0.05, float(np.nanmax(np.abs(mean))))
-        image = ax.imshow(mean, cmap="RdBu", vmin=-limit, vmax=limit)
-        for (a, t), value in np.ndenumerate(mean):
-            ax.text(t, a, f"{value:.2f}", ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(table["targets"])), table["targets"], rotation=30, ha="right")
-        ax.set_yticks(range(len(table["approx"])), table["approx"])
-        ax.set_xlabel("target (retrained measurement)")
-        ax.set_ylabel("scores from")
-        ax.set_title(f"{table['method']}: measurement substitution (LDS)")
-        fig.colorbar(image, ax=ax)
-        figures["substitution"] = fig
-    return figures
 
 
 def _tensorboard(log_dir: Path, results: dict[str, Any], figures: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ The seed drives the initialisation *and* every draw of the run: ``seed_everythin
 torch generator, from which the shuffling sampler (one draw per epoch) and ``training_step`` (timesteps
 and noise) take their numbers. Runs on subsets of equal size with the same seed therefore see the
 same minibatch positions, timesteps and noise: they differ only through the data (the ``common``
-seeding protocol of ``lit_attr.retraining``).
+seeding protocol of ``lit_attr.evaluation.retraining``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lit_attr.constants import MODEL_FILE
 from lit_attr.ddpm_module import DDPMModule
 
-MODEL_FILE = "model.ckpt"
-"""The final checkpoint of a benchmark run (EMA weights included), inside its run folder."""
 
 
 @dataclass(frozen=True)

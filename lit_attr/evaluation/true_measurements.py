@@ -6,7 +6,7 @@ S draws of (timestep, noise) are two independent halves of S/2 draws, half h fro
 the model. Differences between models are then free of
 most of the Monte Carlo noise, which is what the LDS ranks.
 
-The loss (eq. 2) and the ELBO (Ho et al. eq. 5, weights ``w_t`` of ``DiffusionSchedule.elbo_weights``)
+The loss (eq. 2) and the ELBO (Ho et al. eq. 5, ``DiffusionSchedule.elbo_terms``)
 are two weightings of the same per-draw errors, so they share one forward pass:
 
     loss_q = (1/S) sum_s ||eps_s - eps_theta(x_{t_s}, t_s)||^2 / D
@@ -80,7 +80,6 @@ def measure_queries(
     was_training = unet.training
     unet.eval()
     schedule, pixels = ddpm.schedule, images[0].numel()
-    weights = schedule.elbo_weights().double()
     queries_per_chunk = max(1, rows_per_batch // num_draws)
     half = num_draws // 2
     eps_model = unet_eps_model(unet)
@@ -101,7 +100,7 @@ def measure_queries(
             if any(timestep is None for _, timestep in parsed):
                 mse = errors(idx, t, noise)
                 per_draw[(Measurement.LOSS, None)] = mse
-                per_draw[(Measurement.ELBO, None)] = mse * pixels * weights[t] * schedule.num_timesteps
+                per_draw[(Measurement.ELBO, None)] = schedule.elbo_terms(mse, t, pixels)
             for timestep in fixed:  # the same noise, every draw at timestep t
                 per_draw[(Measurement.LOSS_AT_TIMESTEP, timestep)] = errors(idx, torch.full_like(t, timestep), noise)
             for key in parsed:

@@ -28,6 +28,7 @@ from torch import Tensor
 from lit_attr.attribution.gradients import flatten_gradients
 from lit_attr.attribution.influence import TRAIN_STREAM, InfluenceModule
 from lit_attr.attribution.quantize import score_against
+from lit_attr.constants import METADATA_FILE
 from lit_attr.curvature.eigen import precondition
 from lit_attr.errors import ConfigError
 from lit_attr.measurements import MeasurementSpec
@@ -90,7 +91,7 @@ class VariantInfluenceModule(InfluenceModule):
 
 def load_variant_scores(output_dir: str | Path) -> np.ndarray:
     """Scores of a finished ``VariantInfluenceModule`` run as (num_train, G, M, D, Q) float32."""
-    metadata = read_json(Path(output_dir) / "metadata.json")
+    metadata = read_json(Path(output_dir) / METADATA_FILE)
     scores = load_scores(output_dir)
     shape = (metadata["num_groups"], len(metadata["measurements"]), len(metadata["dampings"]))
     return np.asarray(scores).reshape(scores.shape[0], *shape, -1)

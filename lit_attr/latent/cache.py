@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from lit_attr.data.datasets import IndexedDataset
+from lit_attr.data.indexed import IndexedDataset
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
 from lit_attr.latent.autoencoder import ENCODE_BATCH, encode_mean
 

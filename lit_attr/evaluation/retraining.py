@@ -32,16 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from lit_attr.data.datasets import read_index_file, write_index_file
+from lit_attr.constants import (
+    DONE_FILE,
+    RETRAIN_DIR,
+    SUBSET_INDICES_FILE,
+    SUBSET_POSITIONS_FILE,
+    SUBSETS_DIR,
+    SUBSETS_MANIFEST_FILE,
+)
+from lit_attr.data.index_files import read_index_file, write_index_file
 from lit_attr.errors import ConfigError, DataError, StoreMismatchError
 from lit_attr.storage import read_json, write_json_atomic
-
-SUBSETS_DIR = "subsets"
-RETRAIN_DIR = "retrain"
-MANIFEST_FILE = "manifest.json"
-INDICES_FILE = "indices.txt"
-TRAIN_INDICES_FILE = "train_indices.txt"
-DONE_FILE = "done.json"
 
 
 def sample_lds_subsets(num_train: int, num_subsets: int, fraction: float = 0.5, seed: int = 0) -> list[np.ndarray]:
@@ -86,12 +87,12 @@ def subsets_path(root: str | Path) -> Path:
 
 def subset_indices_path(root: str | Path, subset_index: int) -> Path:
     """Index file of subset i: ``root/subsets/subset_{i:03d}/indices.txt``."""
-    return subsets_path(root) / f"subset_{subset_index:03d}" / INDICES_FILE
+    return subsets_path(root) / f"subset_{subset_index:03d}" / SUBSET_INDICES_FILE
 
 
 def subsets_exist(root: str | Path) -> bool:
     """Whether ``write_subsets`` finished for ``root`` (its manifest is written last)."""
-    return (subsets_path(root) / MANIFEST_FILE).is_file()
+    return (subsets_path(root) / SUBSETS_MANIFEST_FILE).is_file()
 
 
 def write_subsets(
@@ -139,8 +140,8 @@ def write_subsets(
     for i, indices in enumerate(stable):
         files[f"subset_{i:03d}"] = _write_index_atomic(subset_indices_path(root, i), indices)
     if train_indices is not None:
-        files[TRAIN_INDICES_FILE] = _write_index_atomic(folder / TRAIN_INDICES_FILE, mapping.tolist())
-    write_json_atomic(folder / MANIFEST_FILE, {**manifest, "files": files})
+        files[SUBSET_POSITIONS_FILE] = _write_index_atomic(folder / SUBSET_POSITIONS_FILE, mapping.tolist())
+    write_json_atomic(folder / SUBSETS_MANIFEST_FILE, {**manifest, "files": files})
 
 
 def create_subsets(
@@ -168,8 +169,9 @@ def read_subsets(root: str | Path) -> list[np.ndarray]:
     """
     manifest = read_subsets_manifest(root)
     folder = subsets_path(root)
-    has_mapping = TRAIN_INDICES_FILE in manifest["files"]
-    mapping = _verified_indices(folder / TRAIN_INDICES_FILE, manifest, TRAIN_INDICES_FILE) if has_mapping else None
+    has_mapping = SUBSET_POSITIONS_FILE in manifest["files"]
+    mapping = (_verified_indices(folder / SUBSET_POSITIONS_FILE, manifest, SUBSET_POSITIONS_FILE) if has_mapping
+               else None)
     position_of = {int(index): position for position, index in enumerate(mapping or range(manifest["num_train"]))}
     subsets = []
     for i in range(manifest["num_subsets"]):
@@ -188,7 +190,7 @@ def _verified_indices(path: Path, manifest: dict[str, Any], key: str) -> list[in
 
 def read_subsets_manifest(root: str | Path) -> dict[str, Any]:
     """The manifest of ``write_subsets``; DataError naming the folder if it is missing."""
-    path = subsets_path(root) / MANIFEST_FILE
+    path = subsets_path(root) / SUBSETS_MANIFEST_FILE
     if not path.is_file():
         raise DataError(f"{path} does not exist; write the LDS subsets first (write_subsets / create_subsets).")
     return read_json(path)
@@ -248,37 +250,31 @@ def plan_retraining(
     num_seeds: int,
     protocol: SeedingProtocol | str = SeedingProtocol.INDEPENDENT,
     base_seed: int = 0,
-    start: int = 0,
-    count: int | None = None,
     skip_done: bool = True,
 ) -> list[RetrainJob]:
-    """The jobs of shard ``[start, start + count)`` of the full job list, minus finished ones.
+    """The retraining jobs, minus finished ones unless ``skip_done`` is false.
 
-    The full list is slot-major: ``(subset 0, slot 0), (subset 1, slot 0), ..., (subset 0, slot 1), ...``,
-    so an interrupted campaign first completes one model per subset. Shards are cut from the full list
-    before done jobs are skipped, so a shard names the same jobs however far the campaign has got.
+    The list is slot-major: ``(subset 0, slot 0), (subset 1, slot 0), ..., (subset 0, slot 1), ...``,
+    so an interrupted campaign first completes one model per subset. ``evaluation.job_share.JobShare``
+    cuts it into shares (from the full list, before done jobs are skipped).
 
     Args:
         root: benchmark folder with written subsets (``write_subsets``).
         num_seeds: K, models per subset.
         protocol: seeding protocol (``SeedingProtocol`` or its string value).
         base_seed: seed of the protocol.
-        start: first job of the shard (0-based position in the full list).
-        count: jobs in the shard; ``None`` for all from ``start``.
         skip_done: leave out jobs whose ``done.json`` exists (``job_done``).
 
     Raises:
-        ConfigError: for ``num_seeds < 1``, ``start < 0`` or ``count < 1``.
+        ConfigError: for ``num_seeds < 1``.
         DataError: if the subsets are not written yet.
     """
-    if num_seeds < 1 or start < 0 or (count is not None and count < 1):
-        raise ConfigError(f"Need num_seeds >= 1, start >= 0 and count >= 1 (or None); "
-                          f"got num_seeds={num_seeds}, start={start}, count={count}.")
+    if num_seeds < 1:
+        raise ConfigError(f"Need num_seeds >= 1 models per subset, got num_seeds={num_seeds}.")
     num_subsets = read_subsets_manifest(root)["num_subsets"]
     pairs = [(i, k) for k in range(num_seeds) for i in range(num_subsets)]
-    shard = pairs[start:] if count is None else pairs[start:start + count]
     jobs = [RetrainJob(i, k, training_seed(protocol, base_seed, i, k, num_seeds), subset_indices_path(root, i),
-                       Path(root).expanduser() / RETRAIN_DIR / f"subset_{i:03d}" / f"seed_{k}") for i, k in shard]
+                       Path(root).expanduser() / RETRAIN_DIR / f"subset_{i:03d}" / f"seed_{k}") for i, k in pairs]
     return [job for job in jobs if not (skip_done and job_done(job))]
 
 
@@ -360,8 +356,8 @@ def _clear_subsets(root: str | Path, num_subsets: int) -> Path:
     """Remove the manifest (the folder is incomplete until it is rewritten) and stale subset folders."""
     folder = subsets_path(root)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST_FILE).unlink(missing_ok=True)
-    (folder / TRAIN_INDICES_FILE).unlink(missing_ok=True)
+    (folder / SUBSETS_MANIFEST_FILE).unlink(missing_ok=True)
+    (folder / SUBSET_POSITIONS_FILE).unlink(missing_ok=True)
     for stale in folder.glob("subset_*"):
         number = stale.name.removeprefix("subset_")
         if stale.is_dir() and number.isdigit() and int(number) >= num_subsets:

@@ -1,0 +1,93 @@
+"""``KFACInfluence``: K-FAC / EK-FAC influence (paper eq. 12) for every measurement, damping and draw group in
+one ``Trainer.predict`` pass of ``VariantInfluenceModule``; factors shared by methods with equal K-FAC settings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from lit_attr.attribution.influence import MeasurementConfig
+from lit_attr.attribution.queries import QueryConfig
+from lit_attr.attribution.score_writer import ScoreWriter
+from lit_attr.constants import FINALIZED_KEY, METADATA_FILE
+from lit_attr.curvature.callback import KFACCallback
+from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
+from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs, attribution_data
+from lit_attr.storage import read_json
+
+CURVATURE_SEED = 0
+"""Seed of the curvature draws, shared by all methods (their factors are then reused)."""
+CURVATURE_KEYS = ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction", "draw_scheme")
+
+
+class KFACInfluence(AttributionMethod):
+    """K-FAC influence (ours); EK-FAC with ``curvature.eigenvalue_correction: true``."""
+
+    kind = "kfac"
+
+    def curvature_path(self, curvature_dir: Path) -> Path:
+        """Factors file shared by every method with the same K-FAC settings."""
+        c = self.config.curvature
+        scheme = "" if c.draw_scheme == "independent" else f"_{c.draw_scheme}"
+        name = f"{c.fisher_type}_{c.kfac_approx}_S{c.num_draws}{scheme}{'_ekfac' if c.eigenvalue_correction else ''}"
+        return curvature_dir / f"{name}.safetensors"
+
+    def wanted_settings(self) -> dict[str, Any]:
+        """The settings the stored scores must have been made with (flat keys, ``curvature.*`` nested)."""
+        m, c = self.config, self.config.curvature
+        return {"num_draws": m.draws_per_group, "num_groups": m.num_groups, "seed": m.seed,
+                "draw_scheme": m.draw_scheme, "measurements": list(m.measurements),
+                "dampings": [float(d) for d in m.dampings], "measurement.num_draws": m.query_num_draws,
+                **{f"curvature.{key}": getattr(c, key) for key in CURVATURE_KEYS}}
+
+    @staticmethod
+    def stored_settings(metadata: dict[str, Any]) -> dict[str, Any]:
+        """The same keys read from a run's ``metadata.json``."""
+        stored = {key: metadata.get(key) for key in ("num_draws", "num_groups", "seed", "draw_scheme",
+                                                      "measurements", "dampings")}
+        stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
+        for key in CURVATURE_KEYS:
+            stored[f"curvature.{key}"] = (metadata.get("curvature") or {}).get(key)
+        return stored
+
+    def score(self, inputs: ScoringInputs) -> None:
+        m, out = self.config, inputs.output_dir
+        if (out / METADATA_FILE).exists():
+            metadata = read_json(out / METADATA_FILE)
+            self.refuse_changed(out, self.stored_settings(metadata), self.wanted_settings())
+            if metadata.get(FINALIZED_KEY):
+                self.log("already scored.")
+                return
+        c = m.curvature
+        kfac = KFACCallback(num_draws=c.num_draws, fisher_type=c.fisher_type, kfac_approx=c.kfac_approx,
+                            eigenvalue_correction=c.eigenvalue_correction, seed=CURVATURE_SEED,
+                            draw_scheme=c.draw_scheme, factors_path=str(self.curvature_path(inputs.curvature_dir)),
+                            progressbar=False)
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[kfac, ScoreWriter()])
+        q = inputs.queries
+        module = VariantInfluenceModule(
+            checkpoint=str(inputs.checkpoint), output_dir=str(out),
+            queries=QueryConfig(q.num_generated, q.seed, q.num_sampling_steps),
+            measurement=MeasurementConfig(measurement=m.measurements[0], num_draws=m.query_num_draws),
+            num_draws=m.draws_per_group, seed=m.seed, draw_scheme=m.draw_scheme, damping=m.dampings[0],
+            measurements=list(m.measurements), dampings=list(m.dampings), num_groups=m.num_groups)
+        self.log(f"scoring {m.num_groups} x {m.draws_per_group} draws, measurements {m.measurements}, "
+                 f"dampings {m.dampings} ...")
+        start = time.perf_counter()
+        trainer.predict(module, datamodule=attribution_data(inputs.data, m.batch_size), return_predictions=False)
+        self.log(f"done in {time.perf_counter() - start:.0f} s.")
+
+    def score_sets(self, output_dir: Path) -> list[ScoreSet]:
+        """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them."""
+        m = self.config
+        scores = load_variant_scores(output_dir)  # (N, G, M, D, Q)
+        sets = []
+        for draws in m.report_draws:
+            k = draws // m.draws_per_group
+            sets.append(ScoreSet(draws, list(m.measurements), list(m.dampings), scores[:, :k].mean(axis=1),
+                                 scores[:, :k // 2].mean(axis=1), scores[:, k // 2:k].mean(axis=1)))
+        return sets
