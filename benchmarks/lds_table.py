@@ -14,13 +14,17 @@ import sys
 from pathlib import Path
 
 
+def _mean_se(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['stderr']:.3f}"
+
+
 def _cell(row: dict | None) -> str:
     if row is None:
         return "–"
     value = row["selected"]
     diff = row.get("vs_reference")
     paired = "" if diff is None or diff["method"] == row["method"] else f" ({diff['mean']:+.3f} ± {diff['stderr']:.3f})"
-    return f"{value['mean']:.3f} ± {value['stderr']:.3f}{paired}"
+    return f"{_mean_se(value)}{paired}"
 
 
 def main() -> int:
@@ -52,7 +56,7 @@ def main() -> int:
         cells = []
         for result in results:
             value = (result["diagnostics"].get(args.target) or {}).get(key)
-            cells.append("–" if value is None else f"{value['mean']:.3f} ± {value['stderr']:.3f}")
+            cells.append("–" if value is None else _mean_se(value))
         print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
 
