@@ -15,15 +15,11 @@ the measurement by about ``sum_{j in I} score[j, q] / N`` (eq. 5, 6 with epsilon
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,9 +31,9 @@ from lit_attr.attribution.gradients import (
 )
 from lit_attr.attribution.memory import RunShape, activation_bytes_per_row, check_memory
 from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, concat_compressed
-from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries, planned_num_queries
-from lit_attr.constants import LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
-from lit_attr.contracts import CurvatureRequest, ScoreTarget
+from lit_attr.attribution.queries import QueryConfig, planned_num_queries
+from lit_attr.attribution.scoring_module import ScoringModule
+from lit_attr.contracts import CurvatureRequest
 from lit_attr.curvature.callback import KFACCallback
 from lit_attr.curvature.eigen import KFACEigen, precondition
 from lit_attr.curvature.factors_io import factors_path
@@ -46,14 +42,10 @@ from lit_attr.ddpm_module import as_config
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError
-from lit_attr.fingerprints import dataset_fingerprint, model_hash
-from lit_attr.latent.cache import LatentDataset, load_or_encode_latents
 from lit_attr.measurements import Measurement, MeasurementSpec, measurement_rows
-from lit_attr.pipeline_io import load_ddpm_module
-from lit_attr.storage import ScoreStore, mark_damaged, read_metadata, remove_run_files, verify_checksums
-from lit_attr.validation import check_finite, check_output_folder, integer, number
+from lit_attr.storage import read_metadata
+from lit_attr.validation import check_finite, integer, number
 
-log = logging.getLogger(__name__)
 
 TRAIN_STREAM = "train"
 """Stream of the training-gradient draws."""
@@ -77,7 +69,7 @@ class MeasurementConfig:
     """t (0-based) for loss_at_timestep."""
 
 
-class InfluenceModule(L.LightningModule):
+class InfluenceModule(ScoringModule):
     """Scores all training examples against all queries with K-FAC influence functions.
 
     Args:
@@ -114,8 +106,6 @@ class InfluenceModule(L.LightningModule):
         overwrite: bool = False,
         query_batch_size: int = 16,
     ) -> None:
-        super().__init__()
-        self.query_config = as_config(queries, QueryConfig)
         self.measurement_config = as_config(measurement, MeasurementConfig)
         for value, flag in ((num_draws, "--model.num_draws"), (top_k, "--model.top_k"),
                             (query_batch_size, "--model.query_batch_size"),
@@ -123,35 +113,26 @@ class InfluenceModule(L.LightningModule):
             integer(value, flag, low=1)
         integer(seed, "--model.seed", low=0)
         damping = number(damping, "--model.damping", low=0.0)
-        self.checkpoint, self.output_dir = checkpoint, check_output_folder(output_dir, "--model.output_dir")
         self.num_draws, self.seed, self.draw_scheme = num_draws, seed, DrawScheme(draw_scheme)
         self.damping, self.query_compression = damping, QueryCompression(query_compression)
-        self.score_dtype, self.top_k, self.overwrite = score_dtype, top_k, overwrite
         self.query_batch_size = query_batch_size
         self.measurement_spec = MeasurementSpec(self.measurement_config.measurement, self.measurement_config.num_draws,
                                                 seed, self.draw_scheme, self.measurement_config.timestep)
-        self.ddpm = load_ddpm_module(checkpoint)
-        self.ddpm.requires_grad_(False)
+        super().__init__(checkpoint, output_dir, queries, score_dtype, top_k, overwrite)
         self.kfac_modules = select_kfac_modules(self.ddpm.attribution_unet)
         self.eigen: KFACEigen | None = None
         self.query_rows: CompressedRows | None = None
-        self.rows_remaining = True
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ identity
-    def curvature_identity(self) -> dict[str, Any]:
-        """Model and data the curvature belongs to (stored with the factors, compared on load)."""
-        return {"model_hash": self._model_hash, "data": self._data_fingerprint}
-
     def run_metadata(self) -> dict[str, Any]:
         """Everything the scores depend on; compared when a run is resumed."""
         callback = self._curvature_callback()
         curvature = callback.settings(seed=callback.resolved_seed(self.seed),
                                       scheme=callback.resolved_scheme(self.draw_scheme))
         return {
-            "method": "kfac_influence", "checkpoint": str(self.checkpoint), **self.curvature_identity(),
-            "queries": {"source": self.queries.source, "hash": self.queries.fingerprint(),
-                        "config": self.query_config.metadata()},
+            "method": "kfac_influence", "checkpoint": str(self.checkpoint), **self.identity(),
+            "queries": self.query_identity(),
             "measurement": {**asdict(self.measurement_config), "measurement": self.measurement_spec.measurement.value},
             "num_draws": self.num_draws, "seed": self.seed, "draw_scheme": self.draw_scheme.value,
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
@@ -163,57 +144,6 @@ class InfluenceModule(L.LightningModule):
         if not found and required:
             raise ConfigError("No curvature: add `- class_path: callbacks.curvature.KFACCallback` to trainer.callbacks.")
         return found[0] if found else None
-
-    # ------------------------------------------------------------------ setup
-    def setup(self, stage: str) -> None:
-        """Check the data and memory, build the queries, and prepare (or resume) the score store.
-
-        With ``overwrite`` every old output is deleted first, so a failed run leaves no stale report.
-        """
-        datamodule = self.trainer.datamodule
-        if tuple(datamodule.image_shape) != tuple(self.ddpm.image_shape):
-            raise ConfigError(f"The model was trained on images of shape {tuple(self.ddpm.image_shape)} but the data "
-                              f"has {tuple(datamodule.image_shape)}: pass the training data's --data.* arguments.")
-        dataset = datamodule.dataset
-        if self.overwrite and self.trainer.is_global_zero:
-            remove_run_files(self.output_dir)
-        self.check_memory(datamodule.batch_size)
-        self._model_hash = model_hash(self.ddpm.attribution_unet)
-        if self.ddpm.is_latent:  # the scores also depend on the VAE that made the latents
-            self._model_hash += "+vae:" + model_hash(self.ddpm.vae)
-        self._data_fingerprint = dataset_fingerprint(dataset)
-        if self.ddpm.is_latent:
-            dataset = self._use_cached_latents(datamodule)
-        self.queries = self._load_or_build_queries(dataset)
-        self.row_of = {int(index): row for row, index in enumerate(dataset.indices)}
-        self.store = ScoreStore(self.output_dir, len(dataset), self.num_score_columns(), self.run_metadata(),
-                                self.score_dtype)
-        resumable = self.store.check(overwrite=self.overwrite)  # every rank raises the same error, before any write
-        if self.trainer.is_global_zero and not resumable:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.queries.save(self.output_dir / QUERIES_FILE)
-            np.save(self.output_dir / TRAIN_INDICES_FILE, np.asarray(dataset.indices, dtype=np.int64))
-            self.store.create(files=[QUERIES_FILE, TRAIN_INDICES_FILE])
-        self.trainer.strategy.barrier("store_prepared")
-        done_rows = self.store.done_indices()
-        datamodule.exclude_indices = [int(dataset.indices[row]) for row in done_rows]
-        self.rows_remaining = len(done_rows) < len(dataset)
-        if not self.rows_remaining:
-            log.info("All %d rows of %s are already scored.", len(dataset), self.output_dir)
-
-    def _use_cached_latents(self, datamodule: Any) -> LatentDataset:
-        """Latent model: the training latents, encoded once (``output_dir/latents.pt``, reused while the VAE and data
-        match); the data module then serves them, so the curvature, gradients and figures see latents + pixels."""
-        if isinstance(datamodule.dataset, LatentDataset):
-            return datamodule.dataset
-        path = self.output_dir / LATENTS_FILE if self.trainer.is_global_zero else None
-        latents = load_or_encode_latents(self.ddpm.vae, datamodule.dataset, path)
-        datamodule.use_dataset(LatentDataset(datamodule.dataset, latents))
-        return datamodule.dataset
-
-    def num_score_columns(self) -> int:
-        """Columns of the score matrix: one per query."""
-        return len(self.queries.images)
 
     def check_memory(self, batch_size: int) -> None:
         """Print the memory estimate (``lit_attr.attribution.memory``); refuse a run the device cannot hold."""
@@ -233,22 +163,8 @@ class InfluenceModule(L.LightningModule):
         if self.trainer.is_global_zero:
             print(line)
 
-    def _reused_queries_path(self) -> Path | None:
-        """``queries.pt`` of an earlier run in the folder that this run resumes (None: build the queries)."""
-        path = self.output_dir / QUERIES_FILE
-        has_run = path.exists() and (self.output_dir / METADATA_FILE).exists()
-        return path if has_run and not self.overwrite else None
-
-    def _load_or_build_queries(self, dataset: Any) -> QuerySet:
-        path = self._reused_queries_path()
-        if path is not None:
-            verify_checksums(self.output_dir, [QUERIES_FILE])
-            try:
-                return QuerySet.load(path)
-            except Exception as error:  # noqa: BLE001 - any unreadable file is damaged
-                raise mark_damaged(self.output_dir, [QUERIES_FILE], f"unreadable: {type(error).__name__}") from None
-        needs_trajectory = self.measurement_spec.measurement is Measurement.TRAJECTORY_LOGPROB
-        return build_queries(self.query_config, self.ddpm, dataset, record_trajectory=needs_trajectory)
+    def needs_trajectory(self) -> bool:
+        return self.measurement_spec.measurement is Measurement.TRAJECTORY_LOGPROB
 
     def curvature_request(self) -> CurvatureRequest | None:
         """The curvature ``KFACCallback`` provides before predicting (``contracts.CurvatureConsumer``);
@@ -256,17 +172,13 @@ class InfluenceModule(L.LightningModule):
         if not self.rows_remaining:
             return None
         return CurvatureRequest(unet=self.ddpm.attribution_unet, schedule=self.ddpm.schedule,
-                                factors_path=factors_path(self.output_dir), identity=self.curvature_identity(),
+                                factors_path=factors_path(self.output_dir), identity=self.identity(),
                                 seed=self.seed, draw_scheme=self.draw_scheme, refit=self.overwrite,
                                 data=self.trainer.datamodule.curvature_dataloader)
 
     def set_curvature(self, eigen: KFACEigen) -> None:
         """Called by ``KFACCallback`` with the (EK-)FAC eigendecomposition."""
         self.eigen = eigen
-
-    def score_target(self) -> ScoreTarget:
-        """Where ``ScoreWriter`` puts the predicted rows (``contracts.ScoreProducer``); prepared in ``setup``."""
-        return ScoreTarget(self.store, self.row_of)
 
     # ------------------------------------------------------------------ queries
     def on_predict_start(self) -> None:

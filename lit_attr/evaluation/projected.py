@@ -69,7 +69,7 @@ class ProjectedGradientModule(InfluenceModule):
 
     def run_metadata(self) -> dict[str, Any]:
         return {"method": "trak" if self.training_function == "loss" else "dtrak", "checkpoint": str(self.checkpoint),
-                **self.curvature_identity(), "queries": {"source": self.queries.source,
+                **self.identity(), "queries": {"source": self.queries.source,
                                                          "hash": self.queries.fingerprint()},
                 "measurements": self.measurements, "num_draws": self.num_draws, "num_groups": self.num_groups,
                 "seed": self.seed, "draw_scheme": self.draw_scheme.value,
