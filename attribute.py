@@ -1,11 +1,13 @@
 """Attribute generated samples to training data: ``python attribute.py --config configs/attribute/digits.yaml``.
 
-Errors are one ``error:`` line with the fix (``--debug`` shows the traceback; ``docs/errors.md``).
+``--method`` chooses the method: ``kfac`` (K-FAC influence, the default), ``ekfac``, ``trak``, ``dtrak``,
+``pixel`` or ``clip`` (``lit_attr.attribution.method_choice``). Errors are one ``error:`` line with the fix
+(``--debug`` shows the traceback; ``docs/errors.md``).
 """
 
 import sys
 
-from lit_attr.attribution.influence import InfluenceModule
+from lit_attr.attribution.method_choice import choose_method, without_other_methods_settings
 from lit_attr.attribution.run import run_attribution
 from lit_attr.cli import AttributeCLI
 from lit_attr.cli_errors import run_cli
@@ -13,7 +15,9 @@ from lit_attr.data.datamodules import AttributionDataModule
 
 
 def main(args: list[str] | None = None) -> None:
-    cli = AttributeCLI(InfluenceModule, AttributionDataModule, args=args, save_config_kwargs={"overwrite": True})
+    method = choose_method(args)
+    cli = AttributeCLI(method.module_class, AttributionDataModule, method=method,
+                       args=without_other_methods_settings(args, method), save_config_kwargs={"overwrite": True})
     run_attribution(cli.trainer, cli.model, cli.datamodule)
 
 

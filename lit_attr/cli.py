@@ -132,14 +132,29 @@ def _last_checkpoints(folder: Path) -> list[Path]:
 
 
 class AttributeCLI(LightningCLI):
-    """Attribution CLI (no subcommands): the trainer always gets a ``ScoreWriter`` and, unless the
-    config lists one, a default ``KFACCallback``; autograd stays available in ``predict``."""
+    """Attribution CLI (no subcommands) of one ``--method`` (``lit_attr.attribution.method_choice``): the trainer
+    always gets a ``ScoreWriter`` and, for a method with curvature (K-FAC, EK-FAC) unless the config lists one, a
+    default ``KFACCallback``; autograd stays available in ``predict``.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Args:
+        method: the chosen method (None: K-FAC); its LightningModule is the ``model_class``.
+    """
+
+    def __init__(self, *args: Any, method: Any = None, **kwargs: Any) -> None:
+        from lit_attr.attribution.method_choice import DEFAULT_METHOD, attribute_methods
+
+        self.method = method or attribute_methods()[DEFAULT_METHOD]
         kwargs.setdefault("trainer_defaults", {"inference_mode": False})
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_class", OneLineLightningArgumentParser)
         super().__init__(*args, run=False, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from lit_attr.attribution.method_choice import attribute_methods
+
+        parser.add_argument("--method", type=str, default=self.method.name,
+                            help=f"Attribution method: {', '.join(attribute_methods())} (read before the other "
+                                 "arguments; --help shows the chosen method's --model settings).")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         from lit_attr.attribution.score_writer import ScoreWriter
@@ -148,7 +163,15 @@ class AttributeCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.predict_loop.inference_mode:
             raise ConfigError("attribute.py needs autograd: set trainer.inference_mode: false (the default here).")
-        for kind in (KFACCallback, ScoreWriter):
-            if not any(isinstance(cb, kind) for cb in trainer.callbacks):
-                trainer.callbacks.append(kind())
+        curvature = [cb for cb in trainer.callbacks if isinstance(cb, KFACCallback)]
+        if curvature and not self.method.uses_curvature:
+            raise ConfigError(f"--method {self.method.name} uses no curvature: remove the KFACCallback from "
+                              "trainer.callbacks.")
+        if self.method.uses_curvature and not curvature:
+            trainer.callbacks.append(KFACCallback())
+        for callback in trainer.callbacks if self.method.eigenvalue_correction else ():
+            if isinstance(callback, KFACCallback):
+                callback.eigenvalue_correction = True
+        if not any(isinstance(cb, ScoreWriter) for cb in trainer.callbacks):
+            trainer.callbacks.append(ScoreWriter())
         return trainer

@@ -15,7 +15,7 @@ from lit_attr.contracts import CurvatureConsumer, ScoreProducer
 from lit_attr.curvature.callback import KFACCallback
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.errors import ConfigError
-from lit_attr.evaluation.projected import ProjectedGradientModule
+from lit_attr.attribution.projected import ProjectedGradientModule
 
 LIT_ATTR = Path(__file__).resolve().parents[1] / "lit_attr"
 

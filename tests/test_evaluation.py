@@ -257,7 +257,7 @@ def test_bad_benchmark_input_fails_clearly(tmp_path):
 
 
 def test_dtrak_gradients_are_squared_output_norm_gradients(tiny_model, tmp_path):
-    from lit_attr.evaluation.projected import ProjectedGradientModule
+    from lit_attr.attribution.projected import ProjectedGradientModule
     from tests.reference import loop_per_example_gradients
 
     module = ProjectedGradientModule(checkpoint=str(tiny_model.checkpoint), output_dir=str(tmp_path),

@@ -57,6 +57,11 @@ CURVATURE_CAUSE = ("the curvature's eigenvalues or the damping make the inverse 
 SCORE_CAUSE = "the scores overflow float32: raise --model.damping or use --model.query_compression fp16/none"
 
 
+def group_stream(group: int) -> str:
+    """Draw stream of group g: ``train`` for g = 0 (as ``attribute.py``), else ``train/g``."""
+    return TRAIN_STREAM if group == 0 else f"{TRAIN_STREAM}/{group}"
+
+
 @dataclass
 class MeasurementConfig:
     """What to measure on each query (section 3.3)."""

@@ -67,5 +67,5 @@ def clip_embeddings(model: torch.nn.Module, images: Tensor, batch_size: int = 25
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
         x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
-        out.append(model.encode_image((x - mean) / std).float())
+        out.append(model.encode_image((x - mean.to(x.device)) / std.to(x.device)).float())
     return torch.cat(out)

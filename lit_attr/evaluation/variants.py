@@ -26,18 +26,13 @@ import torch
 from torch import Tensor
 
 from lit_attr.attribution.gradients import flatten_gradients
-from lit_attr.attribution.influence import TRAIN_STREAM, InfluenceModule
+from lit_attr.attribution.influence import InfluenceModule, group_stream
 from lit_attr.attribution.quantize import score_against
 from lit_attr.constants import METADATA_FILE
 from lit_attr.curvature.eigen import precondition
 from lit_attr.errors import ConfigError
 from lit_attr.measurements import MeasurementSpec
 from lit_attr.storage import load_scores, read_json
-
-
-def group_stream(group: int) -> str:
-    """Draw stream of group g: ``train`` for g = 0 (as ``attribute.py``), else ``train/g``."""
-    return TRAIN_STREAM if group == 0 else f"{TRAIN_STREAM}/{group}"
 
 
 class VariantInfluenceModule(InfluenceModule):

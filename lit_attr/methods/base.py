@@ -68,7 +68,11 @@ class AttributionMethod(ABC):
     """One attribution method of a benchmark, configured by its ``MethodConfig``."""
 
     kind: ClassVar[str]
-    """Registry key: the ``kind`` of a ``methods:`` entry."""
+    """Registry key: the ``kind`` of a ``methods:`` entry and ``attribute.py --method``'s value."""
+    attribute_module: ClassVar[str]
+    """The LightningModule (import path) that ``attribute.py --method <kind>`` scores with."""
+    uses_curvature: ClassVar[bool] = False
+    """Whether its scoring pass needs a ``KFACCallback``."""
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

@@ -27,6 +27,8 @@ class KFACInfluence(AttributionMethod):
     """K-FAC influence (ours); EK-FAC with ``curvature.eigenvalue_correction: true``."""
 
     kind = "kfac"
+    attribute_module = "lit_attr.attribution.influence.InfluenceModule"
+    uses_curvature = True
 
     def curvature_path(self, curvature_dir: Path) -> Path:
         """Factors file shared by every method with the same K-FAC settings."""

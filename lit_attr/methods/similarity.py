@@ -21,6 +21,7 @@ class PixelCosine(AttributionMethod):
     """Cosine similarity of the raw pixels."""
 
     kind = "pixel"
+    attribute_module = "lit_attr.attribution.similarity.PixelCosineModule"
 
     def settings(self) -> dict[str, Any]:
         """What the scores depend on (stored beside them, compared on rerun)."""
@@ -55,6 +56,7 @@ class ClipCosine(PixelCosine):
     """Cosine similarity of CLIP image embeddings (``clip_model`` loaded from the local ``clip_weights``)."""
 
     kind = "clip"
+    attribute_module = "lit_attr.attribution.similarity.ClipCosineModule"
 
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "clip_model": self.config.clip_model, "clip_weights": self.config.clip_weights}

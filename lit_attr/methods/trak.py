@@ -14,12 +14,8 @@ from lit_attr.attribution.influence import MeasurementConfig
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.attribution.score_writer import ScoreWriter
 from lit_attr.constants import FINALIZED_KEY, METADATA_FILE, TRAK_SCORES_FILE
-from lit_attr.evaluation.projected import (
-    SQNORM,
-    ProjectedGradientModule,
-    finish_projected_scores,
-    finished_closed_form,
-)
+from lit_attr.attribution.projected import SQNORM, ProjectedGradientModule
+from lit_attr.evaluation.projected import finish_projected_scores, finished_closed_form
 from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs, attribution_data
 from lit_attr.storage import read_json
 
@@ -28,6 +24,7 @@ class TRAK(AttributionMethod):
     """TRAK on the training loss (Park et al. 2023): query features from the measurements' gradients."""
 
     kind = "trak"
+    attribute_module = "lit_attr.attribution.trak.TRAKModule"
     training_function: ClassVar[str] = "loss"
 
     def measurement_labels(self) -> list[str]:
@@ -90,6 +87,7 @@ class DTRAK(TRAK):
     examples and queries alike."""
 
     kind = "dtrak"
+    attribute_module = "lit_attr.attribution.trak.DTRAKModule"
     training_function = SQNORM
 
     def measurement_labels(self) -> list[str]:

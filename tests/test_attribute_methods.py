@@ -1,0 +1,141 @@
+"""``attribute.py --method NAME``: every method through ``attribute.main`` on the tiny config (outputs, shape,
+sign, resume, refusal of a changed setting), and the same scores as the benchmark's method of the same settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attribute import main as attribute_main
+from lit_attr.baselines.trak import trak_scores
+from lit_attr.data.index_files import write_index_file
+from lit_attr.errors import ConfigError, StoreMismatchError
+from lit_attr.storage import load_scores
+from tests.helpers import ROOT, tiny_config, tiny_open_clip, train_tiny_ddpm
+
+NUM_TRAIN = 96
+FAST = {"trak": ["--model.projection_dim=64"], "dtrak": ["--model.projection_dim=64"]}
+"""Per method: flags that keep the tiny run at a few seconds."""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny DDPM trained briefly on digits, and the tiny attribution config pointing at it (NUM_TRAIN examples)."""
+    root = tmp_path_factory.mktemp("methods")
+    _, trainer = train_tiny_ddpm(root, max_steps=15, ema_decay=0.0, batch_size=64, enable_checkpointing=False)
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    trainer.save_checkpoint(root / "run" / "checkpoints" / "last.ckpt")
+    write_index_file(root / "run" / "subset.txt", range(NUM_TRAIN))
+    return root, tiny_config(root, "attribute.yaml")
+
+
+def attribute(tiny_run, name, method, *extra):
+    """``attribute.py --config <tiny> --method <method> --model.output_dir <root>/<name> ...``; returns the folder."""
+    root, config = tiny_run
+    out = root / name
+    attribute_main(["--config", str(config), "--method", method, f"--model.output_dir={out}",
+                    f"--trainer.default_root_dir={out}", *FAST.get(method, []), *extra])
+    return out
+
+
+@pytest.mark.parametrize("method", ["ekfac", "trak", "dtrak", "pixel"])
+def test_every_method_writes_the_outputs_of_a_kfac_run(tiny_run, method):
+    out = attribute(tiny_run, method, method)
+    scores = load_scores(out)
+    assert scores.shape == (NUM_TRAIN, 3) and np.isfinite(scores).all() and np.abs(scores).max() > 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["finalized"] is True and meta["num_train"] == NUM_TRAIN and meta["num_queries"] == 3
+    for name in ("report.json", "report.md", "influence.png", "queries.png", "queries.pt", "train_indices.npy"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["queries"][0]["most_positive"][0]["score"] == pytest.approx(float(scores[:, 0].max()), rel=1e-6)
+    if method == "ekfac":
+        assert meta["curvature"]["eigenvalue_correction"] is True and meta["method"] == "kfac_influence"
+    else:
+        assert meta["method"] == method and "curvature" not in meta and not (out / "factors").exists()
+    if method == "pixel":
+        assert scores.max() <= 1 + 1e-6 and scores.min() >= -1 - 1e-6
+
+
+def test_pixel_and_trak_rank_a_training_image_used_as_query_first(tiny_run):
+    queries = ["--model.queries.train_indices=[5, 40, 77]"]
+    pixel = load_scores(attribute(tiny_run, "pixel_self", "pixel", *queries))
+    assert pixel.argmax(axis=0).tolist() == [5, 40, 77]
+    np.testing.assert_allclose(pixel[[5, 40, 77], [0, 1, 2]], 1.0, rtol=1e-6)
+    trak = load_scores(attribute(tiny_run, "trak_self", "trak", *queries, "--model.projection_dim=256",
+                                 "--model.damping=1e-3"))
+    assert all(int((trak[:, q] > trak[index, q]).sum()) < 3 for q, index in enumerate([5, 40, 77]))
+
+
+def test_trak_resumes_and_refuses_changed_settings(tiny_run, capsys):
+    out = attribute(tiny_run, "trak_resume", "trak")
+    scores = load_scores(out)
+    features = out / "features"
+    done = np.load(features / "scores_done.npy", mmap_mode="r+")
+    done[40:] = 0  # a crash after 40 rows of the feature pass, before the closed form
+    done.flush()
+    for folder in (features, out):
+        meta = json.loads((folder / "metadata.json").read_text())
+        (folder / "metadata.json").write_text(json.dumps({**meta, "finalized": False}))
+    attribute(tiny_run, "trak_resume", "trak")
+    np.testing.assert_array_equal(load_scores(out), scores)
+    with pytest.raises(StoreMismatchError, match=r"damping: stored 0.0001, now 0.01.*--model.overwrite true"):
+        attribute(tiny_run, "trak_resume", "trak", "--model.damping=0.01")
+    with pytest.raises(StoreMismatchError, match=r"projection: stored .*'dim': 64.*'dim': 32"):
+        attribute(tiny_run, "trak_resume", "trak", "--model.projection_dim=32")
+    np.testing.assert_array_equal(load_scores(out), scores)  # the finished run is untouched
+    attribute(tiny_run, "trak_resume", "trak", "--model.damping=0.01", "--model.overwrite=true")
+    assert not np.allclose(load_scores(out), scores)
+
+
+def test_similarity_refuses_settings_of_other_methods_given_as_flags(tiny_run):
+    with pytest.raises(SystemExit):  # jsonargparse: pixel cosine takes no damping
+        attribute(tiny_run, "pixel_flags", "pixel", "--model.damping=0.1")
+    with pytest.raises(ConfigError, match="--method clip needs --model.clip_weights"):
+        attribute(tiny_run, "clip_none", "clip")
+    with pytest.raises(ConfigError, match="--method bogus is not known; choose one of kfac, trak"):
+        attribute(tiny_run, "bogus", "bogus")
+
+
+def test_clip_cosine_with_local_weights(tiny_run, tmp_path):
+    config, weights, model = tiny_open_clip(tmp_path)
+    out = attribute(tiny_run, "clip", "clip", f"--model.clip_model={config}", f"--model.clip_weights={weights}",
+                    "--model.queries.train_indices=[7]")
+    scores = load_scores(out)
+    assert scores.shape == (NUM_TRAIN, 1) and scores.argmax() == 7
+    assert json.loads((out / "metadata.json").read_text())["clip_weights"] == str(weights)
+
+
+def test_attribute_gives_the_benchmark_scores_of_the_same_method_settings(tmp_path):
+    """``configs/lds/smoke.yaml``'s trak and pixel methods scored by the benchmark, and by attribute.py on the
+    benchmark's full model and queries settings: pixel identical, TRAK equal to the closed form of the benchmark's
+    first draw group (attribute.py scores one group of S = draws_per_group draws)."""
+    from evaluate import benchmark_config, build_parser
+    from lit_attr.evaluation.campaign import Benchmark
+
+    parser = build_parser()
+    parsed = parser.parse_args(["run", "--config", str(ROOT / "configs" / "lds" / "smoke.yaml"),
+                                f"--root={tmp_path / 'bench'}"])
+    bench = Benchmark(benchmark_config(parser.instantiate(parsed)["run"]))
+    bench.run_jobs([bench.full_job()])
+    trak, pixel = (next(m for m in bench.config.methods if m.name == name) for name in ("trak", "pixel"))
+    bench.run_method(trak)
+    bench.run_method(pixel)
+    q = bench.config.queries
+    common = ["--config", str(ROOT / "configs" / "tiny" / "attribute.yaml"), "--data.subset_file=null",
+              f"--model.checkpoint={tmp_path / 'bench' / 'full' / 'model.ckpt'}",
+              f"--model.queries.num_generated={q.num_generated}", f"--model.queries.seed={q.seed}",
+              f"--model.queries.num_sampling_steps={q.num_sampling_steps}"]
+    attribute_main([*common, "--method=pixel", f"--model.output_dir={tmp_path / 'pixel'}"])
+    np.testing.assert_array_equal(load_scores(tmp_path / "pixel"), np.load(bench.method_dir(pixel) / "scores.npy"))
+    attribute_main([*common, "--method=trak", f"--model.output_dir={tmp_path / 'trak'}",
+                    f"--model.num_draws={trak.draws_per_group}", f"--model.draw_scheme={trak.draw_scheme}",
+                    f"--model.seed={trak.seed}", f"--model.measurement.num_draws={trak.query_num_draws}",
+                    f"--model.projection_dim={trak.projection_dim}", f"--model.damping={trak.dampings[0]}"])
+    features = torch.from_numpy(np.load(bench.method_dir(trak) / "scores.npy")[:, :trak.projection_dim]).double()
+    queries = torch.load(bench.method_dir(trak) / "query_features.pt", weights_only=True)["loss"]
+    expected = trak_scores(features, queries, [trak.dampings[0]])[0].float().numpy()
+    np.testing.assert_allclose(load_scores(tmp_path / "trak"), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
