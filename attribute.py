@@ -6,6 +6,7 @@
 """
 
 import sys
+import warnings
 
 from lit_attr.attribution.method_choice import choose_method, without_other_methods_settings
 from lit_attr.attribution.run import run_attribution
@@ -16,6 +17,8 @@ from lit_attr.data.datamodules import AttributionDataModule
 
 def main(args: list[str] | None = None) -> None:
     method = choose_method(args)
+    # the config files are handed over rewritten (method_choice), so LightningCLI gets args besides sys.argv
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     cli = AttributeCLI(method.module_class, AttributionDataModule, method=method,
                        args=without_other_methods_settings(args, method), save_config_kwargs={"overwrite": True})
     run_attribution(cli.trainer, cli.model, cli.datamodule)

@@ -16,8 +16,9 @@ the measurement by about ``sum_{j in I} score[j, q] / N`` (eq. 5, 6 with epsilon
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -42,7 +43,7 @@ from lit_attr.ddpm_module import as_config
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError
-from lit_attr.measurements import Measurement, MeasurementSpec, measurement_rows
+from lit_attr.measurements import TIMESTEP_PREFIX, Measurement, MeasurementSpec, measurement_rows, parse_measurement
 from lit_attr.storage import read_metadata
 from lit_attr.validation import check_finite, integer, number
 
@@ -66,12 +67,28 @@ def group_stream(group: int) -> str:
 class MeasurementConfig:
     """What to measure on each query (section 3.3)."""
 
-    measurement: Literal["loss", "elbo", "loss_at_timestep", "trajectory_logprob"] = "loss"
-    """loss (default), elbo, loss_at_timestep or trajectory_logprob (generated queries only)."""
+    measurement: str = "loss"
+    """loss (default), elbo, loss_at_t<t> (the per-timestep loss at 0-based t, e.g. loss_at_t100; as in evaluate.py)
+    or trajectory_logprob (generated queries only)."""
     num_draws: int = 64
     """MC draws of the measurement gradient per query."""
     timestep: int | None = None
-    """t (0-based) for loss_at_timestep."""
+    """Deprecated: t of ``measurement: loss_at_timestep``; write ``measurement: loss_at_t<t>`` instead."""
+
+    def __post_init__(self) -> None:
+        """Check the name; the old spelling ``loss_at_timestep`` + ``timestep: t`` becomes ``loss_at_t<t>`` (a warning)."""
+        kind, timestep = parse_measurement(self.measurement, self.timestep)
+        if self.measurement == Measurement.LOSS_AT_TIMESTEP.value and timestep is not None:
+            warnings.warn(f"--model.measurement.measurement loss_at_timestep with timestep {timestep} is deprecated; "
+                          f"write --model.measurement.measurement {TIMESTEP_PREFIX}{timestep} (as in evaluate.py).",
+                          FutureWarning, stacklevel=2)
+            self.measurement, self.timestep = f"{TIMESTEP_PREFIX}{timestep}", None
+        elif kind is Measurement.LOSS_AT_TIMESTEP and timestep is None:
+            raise ConfigError("--model.measurement.measurement loss_at_timestep needs its timestep: write "
+                              f"{TIMESTEP_PREFIX}<t> with a 0-based t, e.g. {TIMESTEP_PREFIX}100.")
+        elif self.timestep is not None and kind is not Measurement.LOSS_AT_TIMESTEP:
+            raise ConfigError(f"--model.measurement.timestep applies to the per-timestep loss only; drop it, or write "
+                              f"--model.measurement.measurement {TIMESTEP_PREFIX}{self.timestep}.")
 
 
 class InfluenceModule(ScoringModule):
@@ -138,10 +155,15 @@ class InfluenceModule(ScoringModule):
         return {
             "method": "kfac_influence", "checkpoint": str(self.checkpoint), **self.identity(),
             "queries": self.query_identity(),
-            "measurement": {**asdict(self.measurement_config), "measurement": self.measurement_spec.measurement.value},
+            "measurement": self.measurement_identity(),
             "num_draws": self.num_draws, "seed": self.seed, "draw_scheme": self.draw_scheme.value,
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
         }
+
+    def measurement_identity(self) -> dict[str, Any]:
+        """The measurement as stored (kind, draws and the per-timestep loss's t: the same for both spellings)."""
+        spec = self.measurement_spec
+        return {"measurement": spec.measurement.value, "num_draws": spec.num_draws, "timestep": spec.timestep}
 
     def _curvature_callback(self, required: bool = True) -> KFACCallback | None:
         """The trainer's ``KFACCallback`` (None if absent and not ``required``, e.g. for TRAK)."""

@@ -12,7 +12,6 @@ convention; the sign of influence's "positive: removing j raises q's loss").
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -80,7 +79,7 @@ class TRAKModule(ProjectedGradientModule):
     def run_metadata(self) -> dict[str, Any]:
         """The feature pass's settings (the query settings and the measurement's timestep included)."""
         return {**super().run_metadata(), "queries": self.query_identity(),
-                "measurement": asdict(self.measurement_config)}
+                "measurement": self.measurement_identity()}
 
     def scores_metadata(self) -> dict[str, Any]:
         """What ``scores.npy`` depends on: the feature pass and the damping."""
