@@ -34,7 +34,24 @@ DEFAULT_MODEL = "lit_attr.ddpm_module.DDPMModule"
 """The model of a training config that names no ``model.class_path`` (train.py)."""
 
 
-class LitAttrCLI(LightningCLI):
+class RaisesOwnErrors:
+    """LightningCLI mixin: a class's own refusal (a ``LitAttrError``) is raised as itself, not inside the union
+    error jsonargparse wraps it in (subclass mode, ``Optional`` dataclass settings), so ``--debug`` shows the
+    refusal's traceback."""
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause = error.__cause__
+            while cause is not None and not isinstance(cause, LitAttrError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+
+class LitAttrCLI(RaisesOwnErrors, LightningCLI):
     """Training CLI (subcommand ``fit``): links the image shape of the data module into the model once.
 
     In subclass mode (``train.py``, ``train_cli``) a config may name any LightningModule with an
@@ -57,19 +74,6 @@ class LitAttrCLI(LightningCLI):
             parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
         target = "model.init_args.image_shape" if self.subclass_mode_model else "model.image_shape"
         parser.link_arguments("data.image_shape", target, apply_on="instantiate")
-
-    def instantiate_classes(self) -> None:
-        """Build the classes; a model's own refusal (a ``LitAttrError``) is raised as itself, not inside the union
-        error jsonargparse wraps it in under subclass mode (so ``--debug`` shows the refusal's traceback)."""
-        try:
-            super().instantiate_classes()
-        except ValueError as error:
-            cause = error.__cause__
-            while cause is not None and not isinstance(cause, LitAttrError):
-                cause = cause.__cause__
-            if cause is None:
-                raise
-            raise cause from None
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (readable Lightning checkpoint, same architecture) before building anything.
@@ -131,7 +135,7 @@ def _last_checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"{name}*{suffix}")) if folder.is_dir() else []
 
 
-class AttributeCLI(LightningCLI):
+class AttributeCLI(RaisesOwnErrors, LightningCLI):
     """Attribution CLI (no subcommands) of one ``--method`` (``lit_attr.attribution.method_choice``): the trainer
     always gets a ``ScoreWriter`` and, for a method with curvature (K-FAC, EK-FAC) unless the config lists one, a
     default ``KFACCallback``; autograd stays available in ``predict``.

@@ -139,3 +139,27 @@ def test_attribute_gives_the_benchmark_scores_of_the_same_method_settings(tmp_pa
     queries = torch.load(bench.method_dir(trak) / "query_features.pt", weights_only=True)["loss"]
     expected = trak_scores(features, queries, [trak.dampings[0]])[0].float().numpy()
     np.testing.assert_allclose(load_scores(tmp_path / "trak"), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_per_timestep_loss_has_evaluate_py_spelling_and_the_old_one_still_resumes(tiny_run):
+    """``loss_at_t<t>`` (evaluate.py's name) in attribute.py; ``loss_at_timestep`` + ``timestep`` warns, means the same
+    and stores the same settings (a run made with either spelling resumes with the other)."""
+    from lit_attr.evaluation.config import TrueMeasurementConfig
+
+    old = ["--model.measurement.measurement=loss_at_timestep", "--model.measurement.timestep=300"]
+    with pytest.warns(FutureWarning, match="deprecated; write --model.measurement.measurement loss_at_t300"):
+        out = attribute(tiny_run, "timestep", "kfac", *old)
+    scores = load_scores(out)
+    stored = json.loads((out / "metadata.json").read_text())["measurement"]
+    assert stored == {"measurement": "loss_at_timestep", "num_draws": 8, "timestep": 300}
+    attribute(tiny_run, "timestep", "kfac", "--model.measurement.measurement=loss_at_t300")  # resumes: nothing to redo
+    np.testing.assert_array_equal(load_scores(out), scores)
+    with pytest.raises(StoreMismatchError, match="timestep"):
+        attribute(tiny_run, "timestep", "kfac", "--model.measurement.measurement=loss_at_t200")
+    with pytest.raises(ConfigError, match="write loss_at_t<t>"):
+        attribute(tiny_run, "timestep", "kfac", "--model.measurement.measurement=loss_at_timestep")
+    with pytest.raises(ConfigError, match="timestep applies to the per-timestep loss only"):
+        attribute(tiny_run, "timestep", "kfac", "--model.measurement.timestep=3")
+    assert TrueMeasurementConfig(measurements=["loss_at_t300"]).measurements == ["loss_at_t300"]  # evaluate.py's
+    with pytest.raises(ConfigError, match="loss_at_t<t>"):
+        TrueMeasurementConfig(measurements=["loss_at_timestep"])

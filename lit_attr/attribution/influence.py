@@ -77,7 +77,10 @@ class MeasurementConfig:
 
     def __post_init__(self) -> None:
         """Check the name; the old spelling ``loss_at_timestep`` + ``timestep: t`` becomes ``loss_at_t<t>`` (a warning)."""
-        kind, timestep = parse_measurement(self.measurement, self.timestep)
+        try:
+            kind, timestep = parse_measurement(self.measurement, self.timestep)
+        except ConfigError as error:
+            raise ConfigError(f"--model.measurement.measurement: {error}") from None
         if self.measurement == Measurement.LOSS_AT_TIMESTEP.value and timestep is not None:
             warnings.warn(f"--model.measurement.measurement loss_at_timestep with timestep {timestep} is deprecated; "
                           f"write --model.measurement.measurement {TIMESTEP_PREFIX}{timestep} (as in evaluate.py).",
