@@ -64,3 +64,15 @@ def tiny_open_clip(tmp_path: Path):
     weights = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), weights)
     return config_path, weights, model
+
+
+def tiny_attribution_run(root: Path, num_train: int) -> Path:
+    """A tiny DDPM trained briefly on digits under ``root/run`` (``checkpoints/last.ckpt``) and ``run/subset.txt``
+    listing the first ``num_train`` examples: what ``configs/tiny/attribute.yaml`` expects. Returns ``root``."""
+    from lit_attr.data.index_files import write_index_file
+
+    _, trainer = train_tiny_ddpm(root, max_steps=15, ema_decay=0.0, batch_size=64, enable_checkpointing=False)
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    trainer.save_checkpoint(root / "run" / "checkpoints" / "last.ckpt")
+    write_index_file(root / "run" / "subset.txt", range(num_train))
+    return root

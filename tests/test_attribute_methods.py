@@ -11,10 +11,9 @@ import torch
 
 from attribute import main as attribute_main
 from lit_attr.baselines.trak import trak_scores
-from lit_attr.data.index_files import write_index_file
 from lit_attr.errors import ConfigError, StoreMismatchError
 from lit_attr.storage import load_scores
-from tests.helpers import ROOT, tiny_config, tiny_open_clip, train_tiny_ddpm
+from tests.helpers import ROOT, tiny_attribution_run, tiny_config, tiny_open_clip
 
 NUM_TRAIN = 96
 FAST = {"trak": ["--model.projection_dim=64"], "dtrak": ["--model.projection_dim=64"]}
@@ -24,11 +23,7 @@ FAST = {"trak": ["--model.projection_dim=64"], "dtrak": ["--model.projection_dim
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny DDPM trained briefly on digits, and the tiny attribution config pointing at it (NUM_TRAIN examples)."""
-    root = tmp_path_factory.mktemp("methods")
-    _, trainer = train_tiny_ddpm(root, max_steps=15, ema_decay=0.0, batch_size=64, enable_checkpointing=False)
-    (root / "run" / "checkpoints").mkdir(parents=True)
-    trainer.save_checkpoint(root / "run" / "checkpoints" / "last.ckpt")
-    write_index_file(root / "run" / "subset.txt", range(NUM_TRAIN))
+    root = tiny_attribution_run(tmp_path_factory.mktemp("methods"), NUM_TRAIN)
     return root, tiny_config(root, "attribute.yaml")
 
 

@@ -14,10 +14,9 @@ from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.curvature.factors_io import load_factors
 from lit_attr.attribution.run import run_attribution
 from lit_attr.data.datamodules import AttributionDataModule
-from lit_attr.data.index_files import write_index_file
 from lit_attr.errors import ConfigError, StoreMismatchError
 from lit_attr.storage import load_scores
-from tests.helpers import run_script, tiny_config, train_tiny_ddpm
+from tests.helpers import run_script, tiny_attribution_run, tiny_config
 
 NUM_TRAIN = 96
 
@@ -25,12 +24,7 @@ NUM_TRAIN = 96
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny DDPM trained briefly on digits, its checkpoint and a subset file of NUM_TRAIN examples."""
-    root = tmp_path_factory.mktemp("tiny")
-    _, trainer = train_tiny_ddpm(root, max_steps=15, ema_decay=0.0, batch_size=64, enable_checkpointing=False)
-    (root / "run" / "checkpoints").mkdir(parents=True)
-    trainer.save_checkpoint(root / "run" / "checkpoints" / "last.ckpt")
-    write_index_file(root / "run" / "subset.txt", range(NUM_TRAIN))
-    return root
+    return tiny_attribution_run(tmp_path_factory.mktemp("tiny"), NUM_TRAIN)
 
 
 def attribute_in_process(tiny_run, output_dir, batch_size=32, curvature_draws=2, subset=True, precision=None,
