@@ -22,6 +22,7 @@ from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, RemovalCon
 from lit_attr.evaluation.selection import cross_fitted
 from lit_attr.evaluation.true_measurements import STREAM, measure_queries
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
+from lit_attr.methods.influence import KFACInfluence
 from lit_attr.storage import load_scores
 from tests.helpers import ROOT, run_script, tiny_open_clip
 
@@ -113,6 +114,22 @@ def test_bad_measurement_settings_are_refused_by_the_config():
                         removal=RemovalConfig(queries=[0], methods=["kfac"], measurement="elbo"))
     with pytest.raises(ConfigError, match="reference_method='trak' is not one of the methods"):
         BenchmarkConfig(reference_method="trak")
+    with pytest.raises(ConfigError, match="ensemble_seeds is supported for kind kfac only"):
+        MethodConfig(name="trak", kind="trak", ensemble_seeds=[1])
+
+
+def test_ensemble_seeds_must_differ_from_the_full_model_seed(tmp_path):
+    from lit_attr.evaluation.campaign import Benchmark
+
+    bench = Benchmark(BenchmarkConfig(root=str(tmp_path)))
+    bench._dataset = object.__new__(type("Data", (), {"indices": [0, 1]}))  # no data read: only the plan
+    with pytest.raises(ConfigError, match="must be distinct and differ from retraining.base_seed"):
+        bench.ensemble_jobs([0, 3])
+    with pytest.raises(ConfigError, match="must be distinct"):
+        bench.ensemble_jobs([3, 3])
+    jobs = bench.ensemble_jobs([3, 4])
+    assert [j.job.seed for j in jobs] == [3, 4] and jobs[0].job.run_dir == tmp_path / "ensemble" / "seed_3"
+    assert jobs[0].steps == bench.full_job().steps
 
 
 def _trainer():
@@ -213,13 +230,22 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
         {"name": "clip", "kind": "clip", "clip_model": str(clip_config), "clip_weights": str(clip_weights)},
         {"name": "kfac_empirical_reduce", **variant,
          "curvature": {"num_draws": 1, "fisher_type": "empirical", "kfac_approx": "reduce"}},
-        {"name": "ekfac", **variant, "curvature": {"num_draws": 1, "eigenvalue_correction": True}}]
+        {"name": "ekfac", **variant, "curvature": {"num_draws": 1, "eigenvalue_correction": True}},
+        {"name": "kfac_ensemble", **variant, "ensemble_seeds": [7]}]
     (tmp_path / "extended.yaml").write_text(yaml.safe_dump(extended))
     more = run_script("evaluate.py", "run", "--config", str(tmp_path / "extended.yaml"), f"--root={bench}")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "[lds] 7/7 models already done" in more.stdout and "kfac: already scored" in more.stdout
     compared = {c["method"] for c in json.loads((bench / "results.json").read_text())["comparison"]}
-    assert {"clip", "kfac_empirical_reduce", "ekfac"} <= compared
+    assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble"} <= compared
+    assert "[ensemble kfac_ensemble] 0/1 models already done; training 1." in more.stdout
+    assert (bench / "ensemble" / "seed_7" / "done.json").exists()  # trained on all data with seed 7
+    ensemble_dir = bench / "methods" / "kfac_ensemble"
+    member = load_variant_scores(ensemble_dir / "ensemble" / "seed_7")
+    alone = load_variant_scores(ensemble_dir)
+    assert not np.allclose(member, alone)  # another model
+    (ensemble_set,) = KFACInfluence(MethodConfig(**extended["methods"][-1])).score_sets(ensemble_dir)
+    np.testing.assert_allclose(ensemble_set.scores, (member + alone)[:, :2].mean(1) / 2, rtol=1e-6)
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps

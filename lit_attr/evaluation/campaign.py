@@ -30,6 +30,7 @@ from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
 from lit_attr.constants import (
     CURVATURE_DIR,
     DONE_FILE,
+    ENSEMBLE_DIR,
     FULL_DIR,
     MEASUREMENTS_FILE,
     METHODS_DIR,
@@ -118,6 +119,15 @@ class Benchmark:
             write_index_file(indices, list(self.dataset.indices))
         job = RetrainJob(-1, 0, self.config.retraining.base_seed, indices, self.root / FULL_DIR)
         return TrainingJob(job, self.config.retraining.full_steps, "full model")
+
+    def ensemble_jobs(self, seeds: list[int]) -> list[TrainingJob]:
+        """Extra full-data models (same recipe and steps, seed ``s``) of a method's ensemble: ``ensemble/seed_{s}``."""
+        full = self.full_job()
+        if full.job.seed in seeds or len(set(seeds)) < len(seeds):
+            raise ConfigError(f"ensemble_seeds {seeds} must be distinct and differ from retraining.base_seed "
+                              f"({full.job.seed}, the full model's seed, which is always a member).")
+        return [TrainingJob(RetrainJob(-1, 0, seed, full.job.indices_file, self.root / ENSEMBLE_DIR / f"seed_{seed}"),
+                            full.steps, f"ensemble model seed {seed}") for seed in seeds]
 
     def queries(self) -> QuerySet:
         """Generate (once) the queries with the full model: ``root/queries.pt``."""
@@ -253,10 +263,14 @@ class Benchmark:
         if not (out / QUERIES_FILE).exists():
             self.queries()
             shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
+        members = self.ensemble_jobs(method.ensemble_seeds)
+        if members:
+            self.run_jobs(members, stage=f"ensemble {method.name}")
         inputs = ScoringInputs(checkpoint=self.full_job().job.run_dir / MODEL_FILE, output_dir=out,
                                curvature_dir=self.root / CURVATURE_DIR, data=self.data_settings(),
                                queries=self.config.queries, dataset=self.dataset,
-                               query_images=lambda: self.queries().images)
+                               query_images=lambda: self.queries().images,
+                               ensemble={job.job.seed: job.job.run_dir / MODEL_FILE for job in members})
         method_for(method).score(inputs)
 
     def score_sets(self, method: MethodConfig) -> list[ScoreSet]:

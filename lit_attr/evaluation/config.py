@@ -141,6 +141,10 @@ class MethodConfig:
     """TRAK / D-TRAK: entries of the projection matrix."""
     projection_seed: int = 0
     """TRAK / D-TRAK: seed of the projection matrix."""
+    ensemble_seeds: list[int] = field(default_factory=list)
+    """kfac only: seeds of extra models trained on all data (the recipe, ``retraining.full_steps``) whose scores are
+    averaged with the full model's, a TRAK-style ensemble over training runs; each member costs one training run, one
+    curvature fit and one scoring pass (README "Results" measures the gain)."""
     clip_model: str = "ViT-B-32"
     """CLIP: open_clip model name."""
     clip_weights: str | None = None
@@ -149,6 +153,8 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.kind in ("kfac", "trak"):
             _check_measurements(list(self.measurements), f"method {self.name!r}")
+        if self.ensemble_seeds and self.kind != "kfac":
+            raise ConfigError(f"Method {self.name!r}: ensemble_seeds is supported for kind kfac only; drop it.")
         if self.kind in ("pixel", "clip"):
             self.report_draws = [0]
             if self.kind == "clip" and not self.clip_weights:

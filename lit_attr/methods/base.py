@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +53,7 @@ class ScoringInputs:
         queries: the benchmark's query settings.
         dataset: the training dataset (``{"index", "image"}`` items), for methods that read images directly.
         query_images: the query images (Q, C, H, W) in [-1, 1], built on first call.
+        ensemble: checkpoints of the extra full-data models by training seed (``MethodConfig.ensemble_seeds``).
     """
 
     checkpoint: Path
@@ -62,6 +63,7 @@ class ScoringInputs:
     queries: QueriesConfig
     dataset: Any
     query_images: Callable[[], Tensor]
+    ensemble: dict[int, Path] = field(default_factory=dict)
 
 
 class AttributionMethod(ABC):

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 
 from lit_attr.attribution.influence import MeasurementConfig
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.attribution.score_writer import ScoreWriter
-from lit_attr.constants import FINALIZED_KEY, METADATA_FILE
+from lit_attr.constants import CURVATURE_DIR, ENSEMBLE_DIR, FINALIZED_KEY, METADATA_FILE, QUERY_IMAGES_FILE
 from lit_attr.curvature.callback import KFACCallback
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs, attribution_data
@@ -56,7 +58,31 @@ class KFACInfluence(AttributionMethod):
         return stored
 
     def score(self, inputs: ScoringInputs) -> None:
-        m, out = self.config, inputs.output_dir
+        """Score with the full model into ``output_dir``, then with each ensemble member into
+        ``output_dir/ensemble/seed_{s}`` (its own curvature, next to its checkpoint; the benchmark's queries)."""
+        q = inputs.queries
+        self._score_model(inputs.checkpoint, inputs.output_dir, inputs.curvature_dir,
+                          QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), inputs.data)
+        if not inputs.ensemble:
+            return
+        query_file = inputs.output_dir / ENSEMBLE_DIR / QUERY_IMAGES_FILE
+        if not query_file.exists():
+            query_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(inputs.query_images(), query_file.with_suffix(".tmp"))
+            query_file.with_suffix(".tmp").replace(query_file)
+        for seed, checkpoint in inputs.ensemble.items():
+            self.log(f"ensemble member seed {seed}:")
+            self._score_model(checkpoint, self.member_dir(inputs.output_dir, seed), checkpoint.parent / CURVATURE_DIR,
+                              QueryConfig(file=str(query_file)), inputs.data)
+
+    @staticmethod
+    def member_dir(output_dir: Path, seed: int) -> Path:
+        """Scores of the ensemble member trained with ``seed``."""
+        return output_dir / ENSEMBLE_DIR / f"seed_{seed}"
+
+    def _score_model(self, checkpoint: Path, out: Path, curvature_dir: Path, queries: QueryConfig,
+                     data: dict[str, Any]) -> None:
+        m = self.config
         if (out / METADATA_FILE).exists():
             metadata = read_json(out / METADATA_FILE)
             self.refuse_changed(out, self.stored_settings(metadata), self.wanted_settings())
@@ -66,27 +92,27 @@ class KFACInfluence(AttributionMethod):
         c = m.curvature
         kfac = KFACCallback(num_draws=c.num_draws, fisher_type=c.fisher_type, kfac_approx=c.kfac_approx,
                             eigenvalue_correction=c.eigenvalue_correction, seed=CURVATURE_SEED,
-                            draw_scheme=c.draw_scheme, factors_path=str(self.curvature_path(inputs.curvature_dir)),
+                            draw_scheme=c.draw_scheme, factors_path=str(self.curvature_path(curvature_dir)),
                             progressbar=False)
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[kfac, ScoreWriter()])
-        q = inputs.queries
         module = VariantInfluenceModule(
-            checkpoint=str(inputs.checkpoint), output_dir=str(out),
-            queries=QueryConfig(q.num_generated, q.seed, q.num_sampling_steps),
+            checkpoint=str(checkpoint), output_dir=str(out), queries=queries,
             measurement=MeasurementConfig(measurement=m.measurements[0], num_draws=m.query_num_draws),
             num_draws=m.draws_per_group, seed=m.seed, draw_scheme=m.draw_scheme, damping=m.dampings[0],
             measurements=list(m.measurements), dampings=list(m.dampings), num_groups=m.num_groups)
         self.log(f"scoring {m.num_groups} x {m.draws_per_group} draws, measurements {m.measurements}, "
                  f"dampings {m.dampings} ...")
         start = time.perf_counter()
-        trainer.predict(module, datamodule=attribution_data(inputs.data, m.batch_size), return_predictions=False)
+        trainer.predict(module, datamodule=attribution_data(data, m.batch_size), return_predictions=False)
         self.log(f"done in {time.perf_counter() - start:.0f} s.")
 
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
-        """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them."""
+        """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them; with
+        ``ensemble_seeds``, averaged over the full model and the members (a TRAK-style ensemble over training runs)."""
         m = self.config
-        scores = load_variant_scores(output_dir)  # (N, G, M, D, Q)
+        members = [output_dir] + [self.member_dir(output_dir, seed) for seed in m.ensemble_seeds]
+        scores = np.mean([load_variant_scores(d) for d in members], axis=0)  # (N, G, M, D, Q), ensemble mean
         sets = []
         for draws in m.report_draws:
             k = draws // m.draws_per_group
