@@ -340,7 +340,7 @@ class Benchmark:
         (self.root / "config.yaml").write_text(text)
 
     def link_reused(self) -> None:
-        """Symlink ``full/``, ``queries.pt``, ``methods/`` and ``curvature/`` from ``config.reuse`` (once)."""
+        """Symlink ``full/``, ``queries.pt``, ``methods/``, ``curvature/`` and ``ensemble/`` from ``config.reuse`` (once)."""
         if self.config.reuse is None:
             return
         source = Path(self.config.reuse).expanduser().resolve()
@@ -349,7 +349,7 @@ class Benchmark:
         if source == self.root.resolve():
             raise ConfigError("reuse must name another benchmark root than root.")
         self.root.mkdir(parents=True, exist_ok=True)
-        for name in (FULL_DIR, QUERIES_FILE, METHODS_DIR, CURVATURE_DIR):
+        for name in (FULL_DIR, QUERIES_FILE, METHODS_DIR, CURVATURE_DIR, ENSEMBLE_DIR):
             link = self.root / name
             if (source / name).exists() and not link.exists() and not link.is_symlink():
                 link.symlink_to(source / name, target_is_directory=(source / name).is_dir())
