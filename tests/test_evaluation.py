@@ -189,6 +189,11 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     trak_row = next(c for c in results["comparison"] if (c["method"], c["target"]) == ("trak", "loss"))
     assert trak_row["selected"]["dampings"] == trak_held_out["dampings"]
     assert all(len(r["folds"]) == 2 and len(r["folds"][0]) == len(r["per_query"]) for r in results["lds"])
+    spread = [r for r in results["lds"] if r["method"] == "kfac" and r["num_draws"] == 2]  # 4 groups: 2 sets of 2
+    assert spread and all(len(r["draw_sets"]["lds"]) == 2 and r["draw_sets"]["lds"][0] == pytest.approx(r["mean"])
+                          and r["draw_sets"]["sd"] == pytest.approx(np.std(r["draw_sets"]["lds"], ddof=1))
+                          for r in spread)
+    assert not any("draw_sets" in r for r in results["lds"] if r["method"] == "kfac" and r["num_draws"] == 4)
     assert all(-1 <= r["mean"] <= 1 for r in results["lds"])
     assert {(c["method"], c["approx"]) for c in results["comparison"]} >= {("dtrak", "sqnorm"), ("pixel", "pixel"),
                                                                            ("trak", "loss"), ("kfac", "elbo")}

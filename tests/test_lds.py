@@ -201,3 +201,20 @@ def test_ddp_sync_equals_single_process(tmp_path):
         for name in ("uneven", "empty"):
             for key in ("lds_per_query", "mean", "stderr", "num_queries"):
                 torch.testing.assert_close(results[name][key], expected[key], msg=f"rank {rank} {name} {key}")
+
+
+def test_draw_set_spread_is_zero_for_equal_draw_sets_and_grows_with_noise():
+    from lit_attr.evaluation.results import draw_set_spread
+
+    g = torch.Generator().manual_seed(0)
+    num_train, num_subsets, num_queries = 40, 12, 5
+    masks = torch.rand(num_subsets, num_train, generator=g) < 0.5
+    signal = torch.randn(num_train, num_queries, generator=g, dtype=torch.float64)
+    targets = predicted_changes(signal, masks) + 1e-3 * torch.randn(num_subsets, num_queries, generator=g,
+                                                                      dtype=torch.float64)
+    same = draw_set_spread([signal.numpy()] * 3, masks, targets)
+    assert same["sd"] == 0.0 and len(same["lds"]) == 3 and same["lds"][0] > 0.9
+    noisy = [(signal + 3 * torch.randn(num_train, num_queries, generator=g, dtype=torch.float64)).numpy()
+             for _ in range(4)]
+    spread = draw_set_spread(noisy, masks, targets)
+    assert spread["sd"] > 0.02 and max(spread["lds"]) < same["lds"][0]

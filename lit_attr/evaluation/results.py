@@ -63,6 +63,15 @@ def _lds(scores: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> di
     return metric.compute()
 
 
+def draw_set_spread(draw_sets: list[np.ndarray], masks: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """LDS of the (N, Q) scores of each disjoint set of training draws and their standard deviation: how far the
+    benchmark's number moves when only the (timestep, noise) draws change (the queries' s.e. does not show it, as
+    every query shares the training draws)."""
+    values = [float(_lds(torch.from_numpy(np.ascontiguousarray(s)).double(), masks, targets)["mean"])
+              for s in draw_sets]
+    return {"lds": values, "sd": float(np.std(values, ddof=1))}
+
+
 @dataclass
 class BenchmarkOutcomes:
     """What the retraining stage produced, loaded once for the tables and the figures.
@@ -119,6 +128,9 @@ def compute_results(bench: Benchmark, outcomes: BenchmarkOutcomes | None = None)
                                "num_draws": score_set.draws, "target": target, "approx": approx,
                                "damping": damping, "default_damping": d == 0, "split_half": split,
                                **lds(score_set.scores[:, a, d], masks, measured[:, :, 0, t])}
+                        if score_set.draw_sets:
+                            row["draw_sets"] = draw_set_spread([s[:, a, d] for s in score_set.draw_sets], masks,
+                                                               measured[:, :, 0, t])
                         results["lds"].append(row)
     results["comparison"] = comparison(results, cfg.reference_method)
     results["substitution"] = substitution_tables(results)
@@ -206,11 +218,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"LDS on {results['num_subsets']} subsets ({results['num_subsets_with_two_seeds']} with two seeds), "
              f"{results['num_queries']} queries, N = {results['num_train']}, seeding protocol "
              f"`{results['protocol']}`; mean ± s.e. over queries.", "",
-             "| method | draws | S | target | scores from | damping | LDS | split-half |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | draws | S | target | scores from | damping | LDS | split-half | LDS s.d. over draw sets |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["lds"]:
+        spread = f"{r['draw_sets']['sd']:.3f} ({len(r['draw_sets']['lds'])} sets)" if "draw_sets" in r else "n/a"
         lines.append(f"| {r['method']} | {r['draw_scheme']} | {r['num_draws']} | {r['target']} | {r['approx']} | "
-                     f"{r['damping']:g} | {_pm(r)} | {_pm(r['split_half'])} |")
+                     f"{r['damping']:g} | {_pm(r)} | {_pm(r['split_half'])} | {spread} |")
     lines += ["", "Noise diagnostics (targets):", "",
               "| target | oracle LDS (exact retraining) | seed reliability | measurement MC reliability |",
               "|---|---|---|---|"]

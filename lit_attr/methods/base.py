@@ -31,6 +31,8 @@ class ScoreSet:
         dampings: values of axis 2.
         scores: (N, len(approx), len(dampings), Q).
         half_a, half_b: the same from the two halves of the draws (None when there are no draws).
+        draw_sets: the same from each of several disjoint sets of ``draws`` draws (the first is ``scores``), to
+            measure how much the LDS moves with the draws alone; empty when the run has only one such set.
     """
 
     draws: int
@@ -39,6 +41,7 @@ class ScoreSet:
     scores: np.ndarray
     half_a: np.ndarray | None
     half_b: np.ndarray | None
+    draw_sets: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -109,13 +109,15 @@ class KFACInfluence(AttributionMethod):
 
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
         """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them; with
-        ``ensemble_seeds``, averaged over the full model and the members (a TRAK-style ensemble over training runs)."""
+        ``ensemble_seeds``, averaged over the full model and the members (a TRAK-style ensemble over training runs). ``draw_sets``: the disjoint sets of S draws the run holds."""
         m = self.config
         members = [output_dir] + [self.member_dir(output_dir, seed) for seed in m.ensemble_seeds]
         scores = np.mean([load_variant_scores(d) for d in members], axis=0)  # (N, G, M, D, Q), ensemble mean
         sets = []
         for draws in m.report_draws:
             k = draws // m.draws_per_group
-            sets.append(ScoreSet(draws, list(m.measurements), list(m.dampings), scores[:, :k].mean(axis=1),
-                                 scores[:, :k // 2].mean(axis=1), scores[:, k // 2:k].mean(axis=1)))
+            disjoint = [scores[:, i:i + k].mean(axis=1) for i in range(0, m.num_groups - k + 1, k)]
+            sets.append(ScoreSet(draws, list(m.measurements), list(m.dampings), disjoint[0],
+                                 scores[:, :k // 2].mean(axis=1), scores[:, k // 2:k].mean(axis=1),
+                                 disjoint if len(disjoint) > 1 else []))
         return sets
