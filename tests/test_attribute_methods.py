@@ -158,3 +158,34 @@ def test_per_timestep_loss_has_evaluate_py_spelling_and_the_old_one_still_resume
     assert TrueMeasurementConfig(measurements=["loss_at_t300"]).measurements == ["loss_at_t300"]  # evaluate.py's
     with pytest.raises(ConfigError, match="loss_at_t<t>"):
         TrueMeasurementConfig(measurements=["loss_at_timestep"])
+
+
+def test_ensemble_averages_finished_runs_of_several_models_and_refuses_mismatched_members(tiny_run):
+    root, _ = tiny_run
+    checkpoint = torch.load(root / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    generator = torch.Generator().manual_seed(1)
+    for key, value in checkpoint["state_dict"].items():  # a second "model": the same weights, perturbed
+        if torch.is_floating_point(value) and value.dim() > 1:
+            value.add_(0.05 * value.std() * torch.randn(value.shape, generator=generator))
+    second = root / "second.ckpt"
+    torch.save(checkpoint, second)
+    first = attribute(tiny_run, "member_a", "kfac")
+    other = attribute(tiny_run, "member_b", "kfac", f"--model.checkpoint={second}",
+                      f"--model.queries.file={first / 'queries.pt'}")
+    a, b = load_scores(first), load_scores(other)
+    assert not np.allclose(a, b)  # another model
+    out = attribute(tiny_run, "ensemble", "ensemble", f"--model.members=[{first}, {other}]")
+    np.testing.assert_allclose(load_scores(out), (a.astype(np.float64) + b) / 2, rtol=1e-5, atol=1e-7)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["method"] == "ensemble" and len(meta["members"]) == 2 and meta["finalized"] is True
+    assert (out / "influence.png").stat().st_size > 0 and (out / "report.md").stat().st_size > 0
+    generated = attribute(tiny_run, "member_c", "kfac", f"--model.checkpoint={second}")  # its own queries
+    with pytest.raises(ConfigError, match="other query images.*--model.queries.file="):
+        attribute(tiny_run, "refused_queries", "ensemble", f"--model.members=[{first}, {generated}]")
+    pixel = attribute(tiny_run, "member_pixel", "pixel")
+    with pytest.raises(ConfigError, match="has method 'pixel' but"):
+        attribute(tiny_run, "refused_method", "ensemble", f"--model.members=[{first}, {pixel}]")
+    with pytest.raises(ConfigError, match="two or more finished attribute.py run folders"):
+        attribute(tiny_run, "refused_one", "ensemble", f"--model.members=[{first}]")
+    with pytest.raises(ConfigError, match="holds no attribute.py run"):
+        attribute(tiny_run, "refused_missing", "ensemble", f"--model.members=[{first}, {root / 'nothing'}]")

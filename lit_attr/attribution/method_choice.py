@@ -1,7 +1,8 @@
 """``attribute.py --method NAME``: the LightningModule that scores, and the config settings of other methods.
 
 The names are the benchmark's method kinds (``lit_attr.methods.registry.METHODS``: ``kfac``, ``trak``,
-``dtrak``, ``pixel``, ``clip``) plus ``ekfac`` (K-FAC influence with the eigenvalue-corrected curvature).
+``dtrak``, ``pixel``, ``clip``) plus ``ekfac`` (K-FAC influence with the eigenvalue-corrected curvature) and
+``ensemble`` (the mean of finished runs of several models).
 The method comes from ``--method`` on the command line, else from a ``method:`` key of a ``--config``
 file, else ``kfac``. A config written for K-FAC (``configs/attribute/digits.yaml``) serves every method:
 the ``model`` settings the chosen module does not take and a ``KFACCallback`` for a method without
@@ -22,6 +23,8 @@ from lit_attr.errors import ConfigError
 
 DEFAULT_METHOD = "kfac"
 EKFAC = "ekfac"
+ENSEMBLE = "ensemble"
+"""The mean of finished runs of several models (``lit_attr.attribution.ensemble``)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ def attribute_methods() -> dict[str, AttributeMethod]:
     methods = {kind: AttributeMethod(kind, cls.attribute_module, cls.uses_curvature) for kind, cls in METHODS.items()}
     kfac = methods[DEFAULT_METHOD]
     methods[EKFAC] = AttributeMethod(EKFAC, kfac.module_path, True, eigenvalue_correction=True)
+    methods[ENSEMBLE] = AttributeMethod(ENSEMBLE, "lit_attr.attribution.ensemble.EnsembleModule", False)
     return methods
 
 
