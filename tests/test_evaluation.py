@@ -254,6 +254,13 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps
+    probed = run_script("benchmarks/probe_functions.py", str(bench), "--num_draws=2", "--query_draws=2",
+                        "--dampings", "1e-3", threads=1)
+    assert probed.returncode == 0, probed.stderr[-3000:]
+    rows = [line for line in probed.stdout.splitlines() if line.startswith("| loss |") or line.startswith("| sqnorm |")]
+    assert len(rows) == 2 * 2 * 2  # training function x query function x (K-FAC 1e-3, identity)
+    assert all(-1 <= float(row.split("|")[4].split("±")[0]) <= 1 for row in rows)
+    assert "score columns agree at Spearman" in probed.stdout
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout

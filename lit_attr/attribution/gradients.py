@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from lit_attr.attribution.quantize import CompressedRows, apply_scales, unscaled_block_scores, unscaled_columns
 from lit_attr.curvature.capture import LayerCapture, grad_enabled, grouped_gradients, grouped_scores
 from lit_attr.curvature.layers import gradient_matrix_shape
-from lit_attr.diffusion.loss import EpsModel, expand_draws, expand_labels, loss_per_draw
+from lit_attr.diffusion.loss import EpsModel, call_model, expand_draws, expand_labels, loss_per_draw
 from lit_attr.diffusion.schedule import DiffusionSchedule
 
 LAYER_QUERY_ELEMENTS = 2**26
@@ -149,6 +149,22 @@ def per_example_loss_gradients(
     """
     num_examples, num_draws = timesteps.shape
     row_loss_fn = _loss_rows(eps_model, schedule, x0, timesteps, noise, labels)
+    return per_example_gradients(model, modules, row_loss_fn, num_examples, num_draws)
+
+
+def per_example_sqnorm_gradients(
+    eps_model: EpsModel, schedule: DiffusionSchedule, modules: dict[str, nn.Module], x0: Tensor, timesteps: Tensor,
+    noise: Tensor, model: nn.Module | None = None, labels: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Gradients of the squared output norm ``||eps_theta(x_t, t)||^2 / D`` averaged over S draws: D-TRAK's training
+    and measurement function (Zheng et al. 2024; paper section 4); args and returns of ``per_example_loss_gradients``."""
+    num_examples, num_draws = timesteps.shape
+
+    def row_loss_fn() -> Tensor:
+        x, t, eps = expand_draws(x0.clone(), timesteps.to(x0.device).clone(), noise.to(x0).clone())
+        output = call_model(eps_model, schedule.q_sample(x, t, eps), t, expand_labels(labels, num_draws))
+        return output.pow(2).flatten(1).mean(dim=1) / num_draws
+
     return per_example_gradients(model, modules, row_loss_fn, num_examples, num_draws)
 
 

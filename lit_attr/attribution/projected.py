@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_attr.attribution.gradients import flatten_gradients, per_example_gradients
+from lit_attr.attribution.gradients import flatten_gradients, per_example_sqnorm_gradients
 from lit_attr.attribution.influence import InfluenceModule, group_stream
 from lit_attr.baselines.projection import RandomProjector
 from lit_attr.constants import METADATA_FILE, QUERY_FEATURES_FILE
 from lit_attr.diffusion.draws import draw_for_batch
-from lit_attr.diffusion.loss import expand_draws, unet_eps_model
+from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError
 from lit_attr.measurements import MeasurementSpec
 from lit_attr.storage import load_scores, read_json
@@ -102,16 +102,10 @@ class ProjectedGradientModule(InfluenceModule):
     def _sqnorm_gradients(self, x0: Tensor, index: Tensor, num_draws: int, stream: str) -> dict[str, Tensor]:
         """Per-example gradients of the mean over S draws of ``||eps_theta(x_t, t)||^2`` (pixel mean)."""
         unet = self.ddpm.attribution_unet
-        schedule = self.ddpm.schedule
-        t, noise = draw_for_batch(index.cpu(), num_draws, tuple(x0.shape[1:]), schedule.num_timesteps, self.seed,
-                                  stream, self.draw_scheme)
-
-        def rows() -> Tensor:
-            x, tt, eps = expand_draws(x0, t, noise)
-            x_t = schedule.q_sample(x, tt.to(x.device), eps.to(x.device))
-            return unet_eps_model(unet)(x_t, tt.to(x.device)).pow(2).flatten(1).mean(1) / num_draws
-
-        return per_example_gradients(unet, self.kfac_modules, rows, len(x0), num_draws)
+        t, noise = draw_for_batch(index.cpu(), num_draws, tuple(x0.shape[1:]), self.ddpm.schedule.num_timesteps,
+                                  self.seed, stream, self.draw_scheme)
+        return per_example_sqnorm_gradients(unet_eps_model(unet), self.ddpm.schedule, self.kfac_modules, x0, t, noise,
+                                            unet)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """``{"index": (B,), "scores": (B, G * d_proj)}``: projected gradients, group-major."""
