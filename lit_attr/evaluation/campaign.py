@@ -1,6 +1,6 @@
 """The stages of a benchmark run, each resumable: full model, queries, subsets, retraining, scoring.
 
-Layout under ``root`` (besides ``lit_attr.evaluation.retraining``'s ``subsets/`` and ``retrain/``)::
+Layout under ``root`` (``subsets/``: ``lit_attr.evaluation.subsets``; ``retrain/``: ``lit_attr.evaluation.jobs``)::
 
     config.yaml                         the resolved benchmark settings (workers read it)
     full/model.ckpt, full/done.json     the full-data model (seed: retraining.base_seed)
@@ -49,17 +49,8 @@ from lit_attr.evaluation.true_measurements import measure_queries
 from lit_attr.methods.base import ScoreSet
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
 from lit_attr.pipeline_io import load_ddpm_module
-from lit_attr.evaluation.retraining import (
-    RetrainJob,
-    create_subsets,
-    job_done,
-    mark_job_done,
-    plan_retraining,
-    read_subsets,
-    read_subsets_manifest,
-    scale_steps,
-    subsets_exist,
-)
+from lit_attr.evaluation.jobs import RetrainJob, job_done, mark_job_done, plan_retraining, scale_steps
+from lit_attr.evaluation.subsets import create_subsets, read_subsets, read_subsets_manifest, subsets_exist
 from lit_attr.storage import read_json
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from lit_attr.metrics.lds import (
     subsets_to_masks,
 )
 from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences
-from lit_attr.evaluation.retraining import read_subsets
+from lit_attr.evaluation.subsets import read_subsets
 
 
 def _stat(values: torch.Tensor) -> dict[str, float]:
