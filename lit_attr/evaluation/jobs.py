@@ -17,8 +17,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from lit_attr.constants import DONE_FILE, RETRAIN_DIR
+from lit_attr.constants import DONE_FILE
 from lit_attr.errors import ConfigError, StoreMismatchError
+from lit_attr.evaluation.layout import BenchmarkLayout
 from lit_attr.evaluation.subsets import file_sha256, read_subsets_manifest, subset_indices_path
 from lit_attr.storage import read_json, write_json_atomic
 
@@ -72,6 +73,15 @@ class RetrainJob:
     run_dir: Path
 
 
+@dataclass(frozen=True)
+class TrainingJob:
+    """A model to train: ``job`` (subset file, seed, run folder) for ``steps`` steps."""
+
+    job: RetrainJob
+    steps: int
+    label: str
+
+
 def plan_retraining(
     root: str | Path,
     num_seeds: int,
@@ -101,7 +111,7 @@ def plan_retraining(
     num_subsets = read_subsets_manifest(root)["num_subsets"]
     pairs = [(i, k) for k in range(num_seeds) for i in range(num_subsets)]
     jobs = [RetrainJob(i, k, training_seed(protocol, base_seed, i, k, num_seeds), subset_indices_path(root, i),
-                       Path(root).expanduser() / RETRAIN_DIR / f"subset_{i:03d}" / f"seed_{k}") for i, k in pairs]
+                       BenchmarkLayout.of(root).retrain_dir(i, k)) for i, k in pairs]
     return [job for job in jobs if not (skip_done and job_done(job))]
 
 

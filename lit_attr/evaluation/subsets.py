@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from lit_attr.constants import SUBSET_INDICES_FILE, SUBSET_POSITIONS_FILE, SUBSETS_DIR, SUBSETS_MANIFEST_FILE
+from lit_attr.constants import SUBSET_POSITIONS_FILE, SUBSETS_MANIFEST_FILE
 from lit_attr.data.index_files import read_index_file, write_index_file
 from lit_attr.errors import ConfigError, DataError
+from lit_attr.evaluation.layout import BenchmarkLayout
 from lit_attr.storage import read_json, write_json_atomic
 
 
@@ -70,12 +71,12 @@ def subset_size(num_train: int, fraction: float) -> int:
 
 def subsets_path(root: str | Path) -> Path:
     """Folder of the subsets of a benchmark: ``root/subsets``."""
-    return Path(root).expanduser() / SUBSETS_DIR
+    return BenchmarkLayout.of(root).subsets_dir
 
 
 def subset_indices_path(root: str | Path, subset_index: int) -> Path:
     """Index file of subset i: ``root/subsets/subset_{i:03d}/indices.txt``."""
-    return subsets_path(root) / f"subset_{subset_index:03d}" / SUBSET_INDICES_FILE
+    return BenchmarkLayout.of(root).subset_indices_file(subset_index)
 
 
 def subsets_exist(root: str | Path) -> bool:
