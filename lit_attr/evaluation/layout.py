@@ -87,5 +87,9 @@ class BenchmarkLayout:
     def method_dir(self, name: str) -> Path:
         return self.root / METHODS_DIR / name
 
+    @property
+    def removal_root(self) -> Path:
+        return self.root / REMOVAL_DIR
+
     def removal_dir(self, method_name: str) -> Path:
-        return self.root / REMOVAL_DIR / method_name
+        return self.removal_root / method_name
