@@ -125,7 +125,8 @@ def report(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
 
 def _write_report(bench) -> dict:
     """Compute the results of the finished stages, write them and print the tables; returns the paths."""
-    from lit_attr.evaluation.results import BenchmarkOutcomes, compute_results, markdown, write_results
+    from lit_attr.evaluation.report import markdown, write_results
+    from lit_attr.evaluation.results import BenchmarkOutcomes, compute_results
 
     outcomes = BenchmarkOutcomes.load(bench)
     results = compute_results(bench, outcomes)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lit_attr.ddpm_config import DiffusionConfig, as_config
 from lit_attr.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -115,7 +116,6 @@ def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
     model works on VAE latents (a ``vae`` folder or a stored ``vae_config``); ``vae_config`` (when stored) is
     compared only against another stored one (a config names the VAE folder, whose weights the checkpoint holds).
     """
-    from lit_attr.ddpm_module import DiffusionConfig, as_config  # (imports this module)
     from lit_attr.diffusion.unet import UNetConfig
 
     unet = hparams.get("diffusers_unet_config") or asdict(as_config(hparams.get("unet"), UNetConfig))
@@ -130,7 +130,6 @@ def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
 
 def vae_architecture(hparams: dict[str, Any]) -> dict[str, Any]:
     """The architecture part of ``VAEModule`` hyperparameters (image shape, ``vae``), normalised."""
-    from lit_attr.ddpm_module import as_config
     from lit_attr.latent.vae_module import VAEConfig  # (imports ddpm_module, which imports this module)
 
     arch: dict[str, Any] = {"vae": asdict(as_config(hparams.get("vae"), VAEConfig))}

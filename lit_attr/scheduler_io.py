@@ -17,7 +17,7 @@ from typing import Any
 
 import diffusers
 
-from lit_attr.ddpm_module import DiffusionConfig
+from lit_attr.ddpm_config import DiffusionConfig
 from lit_attr.diffusion.schedule import check_schedule_settings
 from lit_attr.errors import ConfigError
 

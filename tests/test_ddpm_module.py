@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lit_attr.cli import train_cli
-from lit_attr.ddpm_module import DDPMModule, OptimizerConfig, warmup_cosine
+from lit_attr.ddpm_config import OptimizerConfig, warmup_cosine
+from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.unet import UNetConfig, tiny_unet_config
 from lit_attr.pipeline_io import export_pipeline, import_pipeline, load_ddpm_module
 from tests.helpers import ROOT, run_script, tiny_config, train_tiny_ddpm

@@ -20,7 +20,7 @@ from lit_attr.curvature import (
     save_factors,
     select_kfac_modules,
 )
-from lit_attr.curvature.kfac import iterate_ddpm_batches
+from lit_attr.curvature.accumulators import iterate_ddpm_batches
 from lit_attr.diffusion.schedule import DiffusionSchedule
 from lit_attr.errors import UnsupportedLayerError
 from tests.cases import (  # noqa: F401

@@ -14,18 +14,20 @@ from lit_attr.errors import ConfigError, DataError, StoreMismatchError
 from lit_attr.evaluation.job_share import JobShare
 from lit_attr.metrics import RetrainingWithoutTopInfluences, random_removal, top_influence_removal
 from lit_attr.metrics.retraining import remaining_positions
-from lit_attr.evaluation.retraining import (
+from lit_attr.evaluation.jobs import (
     SeedingProtocol,
-    create_subsets,
     job_done,
     mark_job_done,
     plan_retraining,
+    scale_steps,
+    training_seed,
+)
+from lit_attr.evaluation.subsets import (
+    create_subsets,
     read_subsets,
     sample_lds_subsets,
-    scale_steps,
     subset_indices_path,
     subsets_path,
-    training_seed,
     write_subsets,
 )
 

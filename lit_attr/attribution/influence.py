@@ -39,7 +39,7 @@ from lit_attr.curvature.callback import KFACCallback
 from lit_attr.curvature.eigen import KFACEigen, precondition
 from lit_attr.curvature.factors_io import factors_path
 from lit_attr.curvature.layers import gradient_shapes, select_kfac_modules
-from lit_attr.ddpm_module import as_config
+from lit_attr.ddpm_config import as_config
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError

@@ -19,7 +19,7 @@ import numpy as np
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
 from lit_attr.constants import LATENTS_FILE, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
 from lit_attr.contracts import ScoreTarget
-from lit_attr.ddpm_module import as_config
+from lit_attr.ddpm_config import as_config
 from lit_attr.errors import ConfigError
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
 from lit_attr.latent.cache import LatentDataset, load_or_encode_latents

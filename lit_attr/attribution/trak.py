@@ -22,7 +22,7 @@ from lit_attr.attribution.projected import SQNORM, ProjectedGradientModule, load
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.baselines.trak import trak_scores
 from lit_attr.constants import FEATURES_DIR, FINALIZED_KEY
-from lit_attr.ddpm_module import as_config
+from lit_attr.ddpm_config import as_config
 from lit_attr.errors import ConfigError
 from lit_attr.storage import read_metadata
 

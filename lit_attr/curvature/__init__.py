@@ -2,7 +2,9 @@
 
 - ``layers``: which layers are K-FAC'd (Linear, Conv2d incl. attention) and the ``[dW | db]`` layout;
 - ``capture``: forward/tensor hooks giving layer inputs and output gradients, and their contractions;
-- ``kfac``: K-FAC factors (eq. 12) with MC / empirical / type-2 estimates and their accumulation;
+- ``fisher``: ``FisherType`` (MC / empirical / type-2) and the vectors v backpropagated for each;
+- ``accumulators``: the row pass shared by the accumulators, and the loop feeding them a dataset's batches;
+- ``kfac``: K-FAC factors (eq. 12), their accumulator and ``fit_kfac_factors``;
 - ``factors_io``: the factors on disk (safetensors, checksummed, written atomically);
 - ``callback``: ``KFACCallback``, the curvature pass of a ``Trainer``;
 - ``eigen``: eigendecomposition, damped inverse (preconditioning) and EK-FAC eigenvalue correction.
@@ -19,7 +21,8 @@ from lit_attr.curvature.eigen import (
     precondition,
 )
 from lit_attr.curvature.factors_io import factors_exist, factors_path, load_factors, save_factors
-from lit_attr.curvature.kfac import FisherType, KFACAccumulator, KFACApprox, KFACFactors, fit_kfac_factors
+from lit_attr.curvature.fisher import FisherType
+from lit_attr.curvature.kfac import KFACAccumulator, KFACApprox, KFACFactors, fit_kfac_factors
 from lit_attr.curvature.layers import (
     gradient_shapes,
     layer_gradient_matrix,

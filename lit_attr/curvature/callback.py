@@ -27,9 +27,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from lit_attr.contracts import CurvatureConsumer, CurvatureRequest
+from lit_attr.curvature.accumulators import iterate_ddpm_batches
 from lit_attr.curvature.eigen import EigenvalueCorrectionAccumulator, KFACEigen, eigendecompose_factors
 from lit_attr.curvature.factors_io import REFIT_FIX, factors_exist, factors_path, load_factors, save_factors
-from lit_attr.curvature.kfac import FisherType, KFACAccumulator, KFACApprox, KFACFactors, iterate_ddpm_batches
+from lit_attr.curvature.fisher import FisherType
+from lit_attr.curvature.kfac import KFACAccumulator, KFACApprox, KFACFactors
 from lit_attr.curvature.layers import select_kfac_modules
 from lit_attr.diffusion.draws import DrawScheme
 from lit_attr.diffusion.loss import unet_eps_model

@@ -23,13 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr.curvature.capture import autocast_off, grouped_gradients
-from lit_attr.curvature.kfac import (
-    FisherType,
-    KFACApprox,
-    KFACFactors,
-    RowPassAccumulator,
-    iterate_ddpm_batches,
-)
+from lit_attr.curvature.accumulators import RowPassAccumulator, iterate_ddpm_batches
+from lit_attr.curvature.fisher import FisherType
+from lit_attr.curvature.kfac import KFACApprox, KFACFactors
 from lit_attr.diffusion.draws import DrawScheme
 from lit_attr.diffusion.loss import EpsModel
 from lit_attr.diffusion.schedule import DiffusionSchedule

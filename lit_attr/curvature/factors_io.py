@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from lit_attr.constants import FACTORS_DIR, FACTORS_FILE
-from lit_attr.curvature.kfac import FisherType, KFACApprox, KFACFactors
+from lit_attr.curvature.fisher import FisherType
+from lit_attr.curvature.kfac import KFACApprox, KFACFactors
 from lit_attr.errors import DamagedOutputError
 
 REFIT_FIX = "delete the file or rerun attribute.py with --model.overwrite true to refit it."

@@ -1,77 +1,32 @@
-"""The stages of a benchmark run, each resumable: full model, queries, subsets, retraining, scoring.
+"""The stages of a benchmark run, each resumable: full model, queries, subsets, retraining, scoring, removal.
 
-Layout under ``root`` (besides ``lit_attr.evaluation.retraining``'s ``subsets/`` and ``retrain/``)::
-
-    config.yaml                         the resolved benchmark settings (workers read it)
-    full/model.ckpt, full/done.json     the full-data model (seed: retraining.base_seed)
-    full/measurements.pt                its true measurements
-    queries.pt                          the generated queries (``QuerySet``)
-    retrain/subset_{i:03d}/seed_{k}/    model.ckpt, measurements.pt, done.json (written last)
-    methods/<name>/                     scores of each method (``VariantInfluenceModule`` store)
-    curvature/                          K-FAC factors shared by methods with equal settings
-    removal/<method>/...                retraining without top influences (and random controls)
+``Benchmark`` coordinates them over one folder (paths: ``lit_attr.evaluation.layout``); the subsets are
+written by ``lit_attr.evaluation.subsets``, the retraining plan and done markers are
+``lit_attr.evaluation.jobs``, and the models are trained and measured by ``lit_attr.evaluation.runner``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import (
-    CURVATURE_DIR,
-    DONE_FILE,
-    ENSEMBLE_DIR,
-    FULL_DIR,
-    MEASUREMENTS_FILE,
-    METHODS_DIR,
-    MODEL_FILE,
-    QUERIES_FILE,
-    REMOVAL_DIR,
-    SUBSET_INDICES_FILE,
-)
+from lit_attr.constants import DONE_FILE, MEASUREMENTS_FILE, MODEL_FILE, QUERIES_FILE, SUBSET_INDICES_FILE
 from lit_attr.data.datasets import DatasetConfig
 from lit_attr.data.index_files import write_index_file
 from lit_attr.data.indexed import IndexedDataset
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
-from lit_attr.evaluation.training import train_model
-from lit_attr.evaluation.true_measurements import measure_queries
+from lit_attr.evaluation.jobs import RetrainJob, TrainingJob, job_done, plan_retraining, scale_steps
+from lit_attr.evaluation.layout import REUSABLE, BenchmarkLayout
+from lit_attr.evaluation.runner import run_jobs
+from lit_attr.evaluation.subsets import create_subsets, read_subsets, read_subsets_manifest, subsets_exist
 from lit_attr.methods.base import ScoreSet
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
 from lit_attr.pipeline_io import load_ddpm_module
-from lit_attr.evaluation.retraining import (
-    RetrainJob,
-    create_subsets,
-    job_done,
-    mark_job_done,
-    plan_retraining,
-    read_subsets,
-    read_subsets_manifest,
-    scale_steps,
-    subsets_exist,
-)
-from lit_attr.storage import read_json
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingJob:
-    """A model to train: ``job`` (subset file, seed, run folder) for ``steps`` steps."""
-
-    job: RetrainJob
-    steps: int
-    label: str
 
 
 class Benchmark:
@@ -80,6 +35,7 @@ class Benchmark:
     def __init__(self, config: BenchmarkConfig) -> None:
         self.config = config
         self.root = Path(config.root).expanduser()
+        self.layout = BenchmarkLayout(self.root)
         self._dataset: IndexedDataset | None = None
 
     # ------------------------------------------------------------------ data and recipe
@@ -113,11 +69,11 @@ class Benchmark:
 
     # ------------------------------------------------------------------ full model and queries
     def full_job(self) -> TrainingJob:
-        indices = self.root / FULL_DIR / SUBSET_INDICES_FILE
+        indices = self.layout.full_indices_file
         if not indices.exists():
             indices.parent.mkdir(parents=True, exist_ok=True)
             write_index_file(indices, list(self.dataset.indices))
-        job = RetrainJob(-1, 0, self.config.retraining.base_seed, indices, self.root / FULL_DIR)
+        job = RetrainJob(-1, 0, self.config.retraining.base_seed, indices, self.layout.full_dir)
         return TrainingJob(job, self.config.retraining.full_steps, "full model")
 
     def ensemble_jobs(self, seeds: list[int]) -> list[TrainingJob]:
@@ -126,12 +82,12 @@ class Benchmark:
         if full.job.seed in seeds or len(set(seeds)) < len(seeds):
             raise ConfigError(f"ensemble_seeds {seeds} must be distinct and differ from retraining.base_seed "
                               f"({full.job.seed}, the full model's seed, which is always a member).")
-        return [TrainingJob(RetrainJob(-1, 0, seed, full.job.indices_file, self.root / ENSEMBLE_DIR / f"seed_{seed}"),
+        return [TrainingJob(RetrainJob(-1, 0, seed, full.job.indices_file, self.layout.ensemble_dir(seed)),
                             full.steps, f"ensemble model seed {seed}") for seed in seeds]
 
     def queries(self) -> QuerySet:
         """Generate (once) the queries with the full model: ``root/queries.pt``."""
-        path = self.root / QUERIES_FILE
+        path = self.layout.queries_file
         q = self.config.queries
         if path.exists():
             queries = QuerySet.load(path)
@@ -174,57 +130,8 @@ class Benchmark:
 
     # ------------------------------------------------------------------ running jobs
     def run_jobs(self, jobs: list[TrainingJob], workers: int = 1, stage: str = "lds") -> None:
-        """Train and measure every job that is not done; ``workers`` > 1 runs subprocesses side by side."""
-        pending = [j for j in jobs if not job_done(j.job)]
-        for job in jobs:
-            if job not in pending:
-                steps = read_json(job.job.run_dir / DONE_FILE).get("steps")
-                if steps != job.steps:
-                    raise ConfigError(f"{job.job.run_dir} was trained for {steps} steps, this benchmark asks for "
-                                      f"{job.steps} (retraining.full_steps changed?); use another root.")
-        print(f"[{stage}] {len(jobs) - len(pending)}/{len(jobs)} models already done; training {len(pending)}.",
-              flush=True)
-        if not pending:
-            return
-        if workers > 1 and len(pending) > 1:
-            self._run_workers(stage, min(workers, len(pending)))
-            still = [j.label for j in jobs if not job_done(j.job)]
-            if still:
-                raise RuntimeError(f"[{stage}] {len(still)} models failed (first: {still[:3]}); see the worker "
-                                   "output above, then rerun the same command to resume.")
-            return
-        start = time.perf_counter()
-        for n, job in enumerate(pending, 1):
-            seconds = self.run_job(job)
-            elapsed = time.perf_counter() - start
-            eta = elapsed / n * (len(pending) - n)
-            print(f"[{stage}] {n}/{len(pending)} {job.label}: {seconds:.0f} s (elapsed {elapsed / 60:.1f} min, "
-                  f"ETA {eta / 60:.1f} min)", flush=True)
-
-    def run_job(self, job: TrainingJob) -> float:
-        """Train, measure and mark one job done; returns its wall time."""
-        start = time.perf_counter()
-        t = self.config.true_measurements
-        r = self.config.retraining
-        run = train_model(r.recipe, job.job.run_dir, job.steps, job.job.seed, job.job.indices_file, r.train_args)
-        values = measure_queries(run.module, self.queries().images, t.measurements, t.num_draws, t.seed)
-        torch.save({"values": values, "measurements": list(t.measurements), "num_draws": t.num_draws,
-                    "seed": t.seed}, job.job.run_dir / MEASUREMENTS_FILE)
-        seconds = time.perf_counter() - start
-        mark_job_done(job.job, {"steps": job.steps, "fit_seconds": round(run.fit_seconds, 1),
-                                "seconds": round(seconds, 1)})
-        return seconds
-
-    def _run_workers(self, stage: str, workers: int) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        script = Path(__file__).resolve().parents[2] / "evaluate.py"
-        config = self.root / "config.yaml"
-        procs = [subprocess.Popen([sys.executable, str(script), "retrain", "--config", str(config), "--stage", stage,
-                                   f"--worker={w}", f"--num_workers={workers}"], env=env)
-                 for w in range(workers)]
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            log.error("Worker exit codes: %s", codes)
+        """Train and measure every job that is not done (``lit_attr.evaluation.runner.run_jobs``)."""
+        run_jobs(self, jobs, workers, stage)
 
     # ------------------------------------------------------------------ measurements
     def full_measurements(self) -> torch.Tensor:
@@ -251,7 +158,7 @@ class Benchmark:
 
     # ------------------------------------------------------------------ methods
     def method_dir(self, method: MethodConfig) -> Path:
-        return self.root / METHODS_DIR / method.name
+        return self.layout.method_dir(method.name)
 
     def run_method(self, method: MethodConfig) -> None:
         """Score every training example for every variant of ``method`` (resumable)."""
@@ -262,12 +169,12 @@ class Benchmark:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / QUERIES_FILE).exists():
             self.queries()
-            shutil.copyfile(self.root / QUERIES_FILE, out / QUERIES_FILE)
+            shutil.copyfile(self.layout.queries_file, out / QUERIES_FILE)
         members = self.ensemble_jobs(method.ensemble_seeds)
         if members:
             self.run_jobs(members, stage=f"ensemble {method.name}")
         inputs = ScoringInputs(checkpoint=self.full_job().job.run_dir / MODEL_FILE, output_dir=out,
-                               curvature_dir=self.root / CURVATURE_DIR, data=self.data_settings(),
+                               curvature_dir=self.layout.curvature_dir, data=self.data_settings(),
                                queries=self.config.queries, dataset=self.dataset,
                                query_images=lambda: self.queries().images,
                                ensemble={job.job.seed: job.job.run_dir / MODEL_FILE for job in members})
@@ -294,7 +201,7 @@ class Benchmark:
     def _removal_jobs_of(self, method: MethodConfig) -> list[TrainingJob]:
         rem = self.config.removal
         scores = torch.from_numpy(self.removal_scores(method))
-        base = self.root / REMOVAL_DIR / method.name
+        base = self.layout.removal_dir(method.name)
         jobs = []
         for f_index, fraction in enumerate(rem.fractions):
             picks = [(q, top_influence_removal(scores, fraction, q), f"q{q:03d}_top_{fraction:g}")
@@ -337,19 +244,19 @@ class Benchmark:
 
     def save_config(self, text: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.yaml").write_text(text)
+        self.layout.config_file.write_text(text)
 
     def link_reused(self) -> None:
         """Symlink ``full/``, ``queries.pt``, ``methods/``, ``curvature/`` and ``ensemble/`` from ``config.reuse`` (once)."""
         if self.config.reuse is None:
             return
         source = Path(self.config.reuse).expanduser().resolve()
-        if not (source / FULL_DIR / DONE_FILE).exists():
+        if not (BenchmarkLayout(source).full_dir / DONE_FILE).exists():
             raise ConfigError(f"reuse={self.config.reuse}: no finished full model there; run that benchmark first.")
         if source == self.root.resolve():
             raise ConfigError("reuse must name another benchmark root than root.")
         self.root.mkdir(parents=True, exist_ok=True)
-        for name in (FULL_DIR, QUERIES_FILE, METHODS_DIR, CURVATURE_DIR, ENSEMBLE_DIR):
+        for name in REUSABLE:
             link = self.root / name
             if (source / name).exists() and not link.exists() and not link.is_symlink():
                 link.symlink_to(source / name, target_is_directory=(source / name).is_dir())

@@ -1,5 +1,5 @@
 """Figures of a benchmark report (matplotlib, Agg backend): LDS bars, damping sweeps, predicted-vs-actual
-scatter and the measurement-substitution table; ``results.write_results`` saves them as PNGs and TensorBoard."""
+scatter and the measurement-substitution table; ``report.write_results`` saves them as PNGs and TensorBoard."""
 
 from __future__ import annotations
 

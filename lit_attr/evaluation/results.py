@@ -1,4 +1,4 @@
-"""The benchmark's numbers: LDS tables with noise diagnostics, removal results, JSON/markdown/PNG/TensorBoard.
+"""The benchmark's numbers: LDS tables with noise diagnostics, the comparison table, removal results.
 
 For every method, number of draws S, target measurement (what was retrained and measured), approximating
 measurement (whose gradient the scores use; ``loss`` for an ``elbo`` target is the paper's m.-loss
@@ -11,23 +11,22 @@ substitution) and damping, the LDS of eq. (13) via ``LinearDatamodelingScore``. 
   draws of seed 0 (the MC noise left in the targets);
 - ``split-half``: Spearman across subsets between the predictions of the two halves of the S draws of a
   method (the MC noise of the scores).
+
+The report files (JSON, markdown, PNG, TensorBoard) are written by ``lit_attr.evaluation.report``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lit_attr.constants import DONE_FILE, REMOVAL_DIR, RESULTS_JSON, RESULTS_MD, TENSORBOARD_DIR
+from lit_attr.constants import DONE_FILE
 from lit_attr.evaluation.campaign import Benchmark
-from lit_attr.evaluation.plots import benchmark_figures
 from lit_attr.evaluation.selection import cross_fitted, fold_masks
+from lit_attr.evaluation.subsets import read_subsets
 from lit_attr.measurements import is_timestep_measurement
 from lit_attr.metrics.lds import (
     LinearDatamodelingScore,
@@ -39,7 +38,6 @@ from lit_attr.metrics.lds import (
     subsets_to_masks,
 )
 from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences
-from lit_attr.evaluation.retraining import read_subsets
 
 
 def _stat(values: torch.Tensor) -> dict[str, float]:
@@ -174,7 +172,7 @@ def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
     t = list(bench.config.true_measurements.measurements).index(rem.measurement)
     full = bench.full_measurements()[0, t]
     queries = torch.tensor(rem.queries)
-    by_dir = {j.job.run_dir.parent.relative_to(bench.root / REMOVAL_DIR).as_posix():
+    by_dir = {j.job.run_dir.parent.relative_to(bench.layout.removal_root).as_posix():
               bench._measurements(j.job.run_dir)[0, t] for j in jobs}
     out = []
     for fraction in rem.fractions:
@@ -196,83 +194,7 @@ def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
     return out
 
 
-def _pm(stat: dict[str, float]) -> str:
-    if math.isnan(stat["mean"]):
-        return "n/a"
-    return f"{stat['mean']:.3f} ± {stat['stderr']:.3f}" if not math.isnan(stat["stderr"]) else f"{stat['mean']:.3f}"
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """The LDS table, diagnostics and removal table as markdown."""
-    reference = next((c["vs_reference"]["method"] for c in results.get("comparison", []) if "vs_reference" in c), "-")
-    lines = ["| method | target | scores from | S | LDS (default damping) | LDS (damping chosen on held-out subsets) | "
-             f"LDS (best damping, optimistic) | held-out minus {reference} (paired) |", "|---|---|---|---|---|---|---|---|"]
-    for c in results.get("comparison", []):
-        delta = _pm(c["vs_reference"]) if "vs_reference" in c else "n/a"
-        draws = c["num_draws"] or "–"
-        chosen = "/".join(f"{d:g}" for d in c["selected"]["dampings"])
-        lines.append(f"| {c['method']} | {c['target']} | {c['approx']} | {draws} | "
-                     f"{_pm(c['default'])} ({c['default']['damping']:g}) | {_pm(c['selected'])} ({chosen}) | "
-                     f"{_pm(c['best'])} ({c['best']['damping']:g}) | {delta} |")
-    lines += [""]
-    lines += [f"LDS on {results['num_subsets']} subsets ({results['num_subsets_with_two_seeds']} with two seeds), "
-             f"{results['num_queries']} queries, N = {results['num_train']}, seeding protocol "
-             f"`{results['protocol']}`; mean ± s.e. over queries.", "",
-             "| method | draws | S | target | scores from | damping | LDS | split-half | LDS s.d. over draw sets |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results["lds"]:
-        spread = f"{r['draw_sets']['sd']:.3f} ({len(r['draw_sets']['lds'])} sets)" if "draw_sets" in r else "n/a"
-        lines.append(f"| {r['method']} | {r['draw_scheme']} | {r['num_draws']} | {r['target']} | {r['approx']} | "
-                     f"{r['damping']:g} | {_pm(r)} | {_pm(r['split_half'])} | {spread} |")
-    lines += ["", "Noise diagnostics (targets):", "",
-              "| target | oracle LDS (exact retraining) | seed reliability | measurement MC reliability |",
-              "|---|---|---|---|"]
-    for target, d in results["diagnostics"].items():
-        na = {"mean": float("nan"), "stderr": float("nan")}
-        lines.append(f"| {target} | {_pm(d.get('oracle_lds', na))} | {_pm(d.get('seed_reliability', na))} | "
-                     f"{_pm(d['measurement_mc_reliability'])} |")
-    for table in results.get("substitution", []):
-        lines += ["", f"Measurement substitution ({table['method']}, S = {table['num_draws']}, damping "
-                      f"{table['damping']:g}): LDS of each target (columns: the measurement retrained models are "
-                      "measured with) when the scores use the gradient of another measurement (rows); the diagonal "
-                      "uses the right one.", "",
-                  "| scores from \\ target | " + " | ".join(table["targets"]) + " |",
-                  "|---|" + "---|" * len(table["targets"])]
-        for a, approx in enumerate(table["approx"]):
-            cells = [_pm({"mean": m, "stderr": e}) for m, e in zip(table["mean"][a], table["stderr"][a])]
-            cells = [f"**{c}**" if approx == t else c for c, t in zip(cells, table["targets"])]
-            lines.append(f"| {approx} | " + " | ".join(cells) + " |")
-    if results.get("missing_methods"):
-        lines += ["", f"Not scored yet (run `evaluate.py run`): {', '.join(results['missing_methods'])}."]
-    if results["removal"]:
-        lines += ["", "Retraining without top influences (relative change of the measurement vs the full model):",
-                  "", "| fraction | method | removed top positive | removed at random | minus first method (paired) |",
-                  "|---|---|---|---|---|"]
-        for r in results["removal"]:
-            lines.append(f"| {r['fraction']:g} | {r['method']} | {_pm(r)} | "
-                         f"{_pm({'mean': r['control_mean'], 'stderr': r['control_stderr']})} | "
-                         f"{_pm(r['vs_reference'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(bench: Benchmark, results: dict[str, Any],
-                  outcomes: BenchmarkOutcomes | None = None) -> dict[str, Path]:
-    """results.json, results.md, lds_bars.png, scatter.png under ``root`` and TensorBoard events."""
-    root = bench.root
-    paths = {"json": root / RESULTS_JSON, "markdown": root / RESULTS_MD}
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(paths["json"])
-    paths["markdown"].write_text(markdown(results))
-    figures = benchmark_figures(bench, results, outcomes or BenchmarkOutcomes.load(bench), _headline_rows(results))
-    for name, fig in figures.items():
-        paths[name] = root / f"{name}.png"
-        fig.savefig(paths[name], dpi=110, bbox_inches="tight")
-    _tensorboard(root / TENSORBOARD_DIR, results, figures)
-    return paths
-
-
-def _headline_rows(results: dict[str, Any], best_damping: bool = False) -> list[dict[str, Any]]:
+def headline_rows(results: dict[str, Any], best_damping: bool = False) -> list[dict[str, Any]]:
     """Per method and target: the most draws, scores from the target itself (else the method's own
     function, e.g. D-TRAK's ``sqnorm``), at the default damping or at the best one."""
     chosen: dict[tuple, dict] = {}
@@ -300,8 +222,8 @@ def comparison(results: dict[str, Any], reference: str | None = None) -> list[di
     (paired: both methods are ranked against the same retrained models, so query difficulty cancels), taken
     at the row's number of draws S when the reference reports it (so S = 32 ablations face S = 32).
     """
-    best = {(r["method"], r["target"]): r for r in _headline_rows(results, best_damping=True)}
-    heads = _headline_rows(results)
+    best = {(r["method"], r["target"]): r for r in headline_rows(results, best_damping=True)}
+    heads = headline_rows(results)
     reference = reference or (heads[0]["method"] if heads else None)
     rows = []
     for r in heads:
@@ -335,18 +257,3 @@ def _reference_row(results: dict[str, Any], head: dict[str, Any] | None, num_dra
     same = [x for x in results["lds"] if (x["method"], x["target"], x["approx"]) ==
             (head["method"], head["target"], head["approx"]) and x["num_draws"] == num_draws]
     return same[0] if same else head
-
-
-def _tensorboard(log_dir: Path, results: dict[str, Any], figures: dict[str, Any]) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(log_dir))
-    for r in results["lds"]:
-        tag = f"lds/{r['method']}/S{r['num_draws']}/{r['target']}_from_{r['approx']}"
-        writer.add_scalar(tag, r["mean"], global_step=int(round(-math.log10(r["damping"]))) if r["damping"] > 0 else 0)
-    for target, d in results["diagnostics"].items():
-        for key, stat in d.items():
-            writer.add_scalar(f"diagnostics/{target}/{key}", stat["mean"])
-    for name, fig in figures.items():
-        writer.add_figure(name, fig)
-    writer.close()

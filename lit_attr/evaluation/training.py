@@ -10,7 +10,7 @@ The seed drives the initialisation *and* every draw of the run: ``seed_everythin
 torch generator, from which the shuffling sampler (one draw per epoch) and ``training_step`` (timesteps
 and noise) take their numbers. Runs on subsets of equal size with the same seed therefore see the
 same minibatch positions, timesteps and noise: they differ only through the data (the ``common``
-seeding protocol of ``lit_attr.evaluation.retraining``).
+seeding protocol of ``lit_attr.evaluation.jobs``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from lit_attr.ddpm_module import as_config
+from lit_attr.ddpm_config import as_config
 from lit_attr.errors import ConfigError
 from lit_attr.latent.cache import encode_dataset
 from lit_attr.visualize import save_grid
