@@ -156,8 +156,9 @@ def per_example_sqnorm_gradients(
     eps_model: EpsModel, schedule: DiffusionSchedule, modules: dict[str, nn.Module], x0: Tensor, timesteps: Tensor,
     noise: Tensor, model: nn.Module | None = None, labels: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Gradients of the squared output norm ``||eps_theta(x_t, t)||^2 / D`` averaged over S draws: D-TRAK's training
-    and measurement function (Zheng et al. 2024; paper section 4); args and returns of ``per_example_loss_gradients``."""
+    """Gradients of the squared output norm ``||eps_theta(x_t, t)||^2 / D`` averaged over S draws: D-TRAK's
+    training and measurement function (Zheng et al. 2024; paper section 4); args and returns as
+    ``per_example_loss_gradients``."""
     num_examples, num_draws = timesteps.shape
 
     def row_loss_fn() -> Tensor:

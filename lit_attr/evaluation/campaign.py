@@ -247,7 +247,8 @@ class Benchmark:
         self.layout.config_file.write_text(text)
 
     def link_reused(self) -> None:
-        """Symlink ``full/``, ``queries.pt``, ``methods/``, ``curvature/`` and ``ensemble/`` from ``config.reuse`` (once)."""
+        """Symlink ``full/``, ``queries.pt``, ``methods/``, ``curvature/`` and ``ensemble/`` from ``config.reuse``
+        (once)."""
         if self.config.reuse is None:
             return
         source = Path(self.config.reuse).expanduser().resolve()

@@ -109,7 +109,8 @@ class KFACInfluence(AttributionMethod):
 
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
         """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them; with
-        ``ensemble_seeds``, averaged over the full model and the members (a TRAK-style ensemble over training runs). ``draw_sets``: the disjoint sets of S draws the run holds."""
+        ``ensemble_seeds``, averaged over the full model and the members (a TRAK-style ensemble over training runs).
+        ``draw_sets``: the disjoint sets of S draws the run holds."""
         m = self.config
         members = [output_dir] + [self.member_dir(output_dir, seed) for seed in m.ensemble_seeds]
         scores = np.mean([load_variant_scores(d) for d in members], axis=0)  # (N, G, M, D, Q), ensemble mean
