@@ -189,3 +189,19 @@ def test_ensemble_averages_finished_runs_of_several_models_and_refuses_mismatche
         attribute(tiny_run, "refused_one", "ensemble", f"--model.members=[{first}]")
     with pytest.raises(ConfigError, match="holds no attribute.py run"):
         attribute(tiny_run, "refused_missing", "ensemble", f"--model.members=[{first}, {root / 'nothing'}]")
+
+
+def test_trak_memory_estimate_counts_the_projection_matrix_and_no_curvature(tiny_run, capsys):
+    out = attribute(tiny_run, "trak_memory", "trak")
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Memory estimate"))
+    meta = json.loads((out / "metadata.json").read_text())
+    from lit_attr.attribution.memory import human
+    from lit_attr.baselines.projection import RandomProjector
+    from lit_attr.curvature.layers import gradient_shapes, select_kfac_modules
+    from lit_attr.pipeline_io import load_ddpm_module
+
+    ddpm = load_ddpm_module(meta["checkpoint"])
+    num_params = sum(out * cols for out, cols in gradient_shapes(select_kfac_modules(ddpm.attribution_unet)).values())
+    projector = RandomProjector(num_params, meta["projection"]["dim"])
+    assert projector.resident_bytes == meta["projection"]["dim"] * num_params * 4  # cached whole at this size
+    assert f"projection matrix {human(projector.resident_bytes)}" in line and "curvature 0 B" in line

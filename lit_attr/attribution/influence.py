@@ -177,11 +177,17 @@ class InfluenceModule(ScoringModule):
 
     def check_memory(self, batch_size: int) -> None:
         """Print the memory estimate (``lit_attr.attribution.memory``); refuse a run the device cannot hold."""
+        line = check_memory(self.run_shape(batch_size), self.trainer.strategy.root_device)
+        if self.trainer.is_global_zero:
+            print(line)
+
+    def run_shape(self, batch_size: int) -> RunShape:
+        """The sizes that set this run's memory."""
         shapes = gradient_shapes(self.kfac_modules)
         unet = self.ddpm.attribution_unet
         stored = read_metadata(self.output_dir) if self._reused_queries_path() is not None else {}
         num_queries = stored.get("num_queries") or planned_num_queries(self.query_config, self.ddpm.image_shape)
-        shape = RunShape(
+        return RunShape(
             num_params=sum(out * cols for out, cols in shapes.values()),
             activation_bytes_per_row=activation_bytes_per_row(unet, self.ddpm.model_shape, next(unet.parameters()).device),
             curvature_entries=sum(out * out + cols * cols for out, cols in shapes.values()),
@@ -189,9 +195,6 @@ class InfluenceModule(ScoringModule):
             measurement_draws=self.measurement_spec.num_draws, batch_size=batch_size, num_draws=self.num_draws,
             curvature_draws=getattr(self._curvature_callback(required=False), "num_draws", 0),
             query_compression=self.query_compression.value)
-        line = check_memory(shape, self.trainer.strategy.root_device)
-        if self.trainer.is_global_zero:
-            print(line)
 
     def needs_trajectory(self) -> bool:
         return self.measurement_spec.measurement is Measurement.TRAJECTORY_LOGPROB

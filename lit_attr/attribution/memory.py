@@ -14,6 +14,9 @@ flattened, preconditioned or scored; autograd keeps about two copies of the acti
     scoring batch B D 4 * 3 + B S a * 2
     curvature     B S_c a * 2                  (S_c curvature draws)
 
+TRAK and D-TRAK hold no curvature but their random projection matrix, d_proj D 4 bytes while it fits the
+projector's cache (``lit_attr.baselines.projection``).
+
 The estimate is approximate: on the digits model (8 queries, batch 64, S = 32, 256 rows) it says 1.2 GB
 and the peak RSS grew by 1.0 GB over the 1.0 GB the process holds after loading. The run is refused
 only when the estimate exceeds the device's free memory, with a ``--data.batch_size`` that fits.
@@ -54,6 +57,8 @@ class RunShape:
     num_draws: int
     curvature_draws: int
     query_compression: str
+    projection_bytes: int = 0
+    """TRAK / D-TRAK: the random projection matrix kept for the whole run (0 for K-FAC influence)."""
 
 
 @dataclass(frozen=True)
@@ -65,16 +70,24 @@ class MemoryEstimate:
     query_block: int
     scoring_batch: int
     curvature_batch: int
+    projection: int = 0
+
+    @property
+    def resident(self) -> int:
+        """Bytes held for the whole run: the stored queries, the curvature and a projection matrix."""
+        return self.queries + self.curvature + self.projection
 
     @property
     def total(self) -> int:
-        return self.queries + self.curvature + max(self.query_block, self.scoring_batch, self.curvature_batch)
+        return self.resident + max(self.query_block, self.scoring_batch, self.curvature_batch)
 
     def summary(self, shape: RunShape) -> str:
         return (f"queries {human(self.queries)} ({shape.num_queries} x {shape.num_params:,} {shape.query_compression}), "
                 f"curvature {human(self.curvature)}, query block {human(self.query_block)}, scoring batch "
                 f"{human(self.scoring_batch)} ({shape.batch_size} examples x {shape.num_draws} draws), curvature "
-                f"batch {human(self.curvature_batch)}: about {human(self.total)} in all")
+                f"batch {human(self.curvature_batch)}"
+                + (f", projection matrix {human(self.projection)}" if self.projection else "")
+                + f": about {human(self.total)} in all")
 
 
 def estimate_memory(shape: RunShape) -> MemoryEstimate:
@@ -87,6 +100,7 @@ def estimate_memory(shape: RunShape) -> MemoryEstimate:
         query_block=block * (d * 4 * GRADIENT_COPIES + shape.measurement_draws * a * ACTIVATION_COPIES),
         scoring_batch=_batch_bytes(shape, shape.batch_size),
         curvature_batch=shape.batch_size * shape.curvature_draws * a * ACTIVATION_COPIES,
+        projection=shape.projection_bytes,
     )
 
 
@@ -98,7 +112,7 @@ def _batch_bytes(shape: RunShape, batch_size: int) -> int:
 def largest_fitting_batch_size(shape: RunShape, available: int) -> int:
     """The largest ``--data.batch_size`` whose estimate fits in ``available`` bytes (0 if none)."""
     fixed = estimate_memory(shape)
-    room = available - fixed.queries - fixed.curvature
+    room = available - fixed.resident
     if room <= fixed.query_block:
         return 0
     per_example = max(_batch_bytes(shape, 1), shape.curvature_draws * shape.activation_bytes_per_row * ACTIVATION_COPIES)

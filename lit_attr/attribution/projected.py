@@ -17,6 +17,7 @@ set is projected).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from lit_attr.attribution.gradients import flatten_gradients, per_example_sqnorm_gradients
 from lit_attr.attribution.influence import InfluenceModule, group_stream
+from lit_attr.attribution.memory import RunShape
 from lit_attr.baselines.projection import RandomProjector
 from lit_attr.constants import METADATA_FILE, QUERY_FEATURES_FILE
 from lit_attr.diffusion.draws import draw_for_batch
@@ -77,6 +79,13 @@ class ProjectedGradientModule(InfluenceModule):
     def curvature_request(self) -> None:
         """None: TRAK and D-TRAK use no K-FAC curvature."""
         return None
+
+    def run_shape(self, batch_size: int) -> RunShape:
+        """K-FAC influence's sizes without the curvature, with the queries' gradients held in float32 until they are
+        projected, and with the projection matrix."""
+        shape = super().run_shape(batch_size)
+        return replace(shape, curvature_entries=0, curvature_draws=0, query_compression="none",
+                       projection_bytes=self.projector.resident_bytes)
 
     def on_predict_start(self) -> None:
         """Project the query gradients once: ``query_features.pt`` = {measurement: (Q, d_proj)}."""

@@ -48,6 +48,12 @@ class RandomProjector:
         self.cache: dict[int, Tensor] | None = {} if dim * num_params * 4 <= cache_bytes else None
 
     @property
+    def resident_bytes(self) -> int:
+        """Bytes of P the projector holds: the whole matrix when cached, else one chunk at a time."""
+        width = self.num_params if self.cache is not None else min(self.chunk_params, self.num_params)
+        return self.dim * width * torch.empty((), dtype=self.dtype).element_size()
+
+    @property
     def num_chunks(self) -> int:
         return math.ceil(self.num_params / self.chunk_params)
 
