@@ -37,7 +37,7 @@ from lit_attr.attribution.gradients import (  # noqa: E402
     per_example_sqnorm_gradients,
 )
 from lit_attr.attribution.queries import QuerySet  # noqa: E402
-from lit_attr.constants import FULL_DIR, MODEL_FILE, QUERIES_FILE  # noqa: E402
+from lit_attr.constants import BENCHMARK_CONFIG_FILE, FULL_DIR, MODEL_FILE, QUERIES_FILE  # noqa: E402
 from lit_attr.curvature.eigen import eigendecompose_factors, precondition  # noqa: E402
 from lit_attr.curvature.kfac import fit_kfac_factors  # noqa: E402
 from lit_attr.curvature.layers import select_kfac_modules  # noqa: E402
@@ -54,7 +54,7 @@ IDENTITY = "identity"
 
 def load_benchmark(root: Path) -> tuple[Benchmark, BenchmarkOutcomes]:
     parser = build_parser()
-    args = parser.parse_args(["report", "--config", str(root / "config.yaml")])
+    args = parser.parse_args(["report", "--config", str(root / BENCHMARK_CONFIG_FILE)])
     bench = Benchmark(benchmark_config(parser.instantiate(args)["report"]))
     return bench, BenchmarkOutcomes.load(bench)
 
