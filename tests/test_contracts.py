@@ -9,6 +9,7 @@ import pytest
 
 import callbacks.curvature
 import callbacks.score_writer
+from lit_attr.attribution.gradient_pass import GradientPassModule
 from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.attribution.score_writer import ScoreWriter
 from lit_attr.contracts import CurvatureConsumer, ScoreProducer
@@ -43,7 +44,12 @@ def test_yaml_class_paths_name_the_lit_attr_classes():
 
 def test_attribution_modules_implement_the_contracts():
     for module in (InfluenceModule, ProjectedGradientModule):
-        assert issubclass(module, CurvatureConsumer) and issubclass(module, ScoreProducer)
+        assert issubclass(module, ScoreProducer)
+    assert issubclass(InfluenceModule, CurvatureConsumer)
+    # TRAK / D-TRAK share the gradient pass, not the curvature: no curvature hook to switch off.
+    assert issubclass(ProjectedGradientModule, GradientPassModule) and not issubclass(ProjectedGradientModule,
+                                                                                      InfluenceModule)
+    assert not issubclass(ProjectedGradientModule, CurvatureConsumer)
     assert not issubclass(DDPMModule, ScoreProducer)
 
 

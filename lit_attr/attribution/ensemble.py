@@ -17,14 +17,14 @@ same order, and on the same query images; anything else is refused in one line. 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lit_attr.attribution.queries import QuerySet
-from lit_attr.attribution.scoring_module import ScoringModule
+from lit_attr.attribution.scoring_module import ScoreDTypeName, ScoringModule
 from lit_attr.constants import FINALIZED_KEY, METADATA_FILE, QUERIES_FILE, TRAIN_INDICES_FILE
 from lit_attr.errors import ConfigError
 from lit_attr.storage import load_scores, read_json, verify_checksums
@@ -49,7 +49,7 @@ class EnsembleModule(ScoringModule):
     method = "ensemble"
 
     def __init__(self, members: list[str], checkpoint: str | None = None, output_dir: str = "runs/digits/ensemble",
-                 score_dtype: Literal["float32", "float16"] = "float32", top_k: int = 6,
+                 score_dtype: ScoreDTypeName = "float32", top_k: int = 6,
                  overwrite: bool = False) -> None:
         self.members = [Path(m).expanduser() for m in members or []]
         if len(self.members) < 2:

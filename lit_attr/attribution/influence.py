@@ -16,85 +16,44 @@ the measurement by about ``sum_{j in I} score[j, q] / N`` (eq. 5, 6 with epsilon
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lit_attr.attribution.gradients import (
-    flatten_gradients,
-    per_example_gradients,
-    per_example_loss_gradients,
-    per_example_loss_scores,
+from lit_attr.attribution.gradient_pass import TRAIN_STREAM, GradientPassModule
+from lit_attr.attribution.gradients import flatten_gradients, per_example_loss_scores
+from lit_attr.attribution.measurement_config import MeasurementConfig
+from lit_attr.attribution.memory import RunShape
+from lit_attr.attribution.quantize import (
+    CompressedRows,
+    QueryCompression,
+    QueryCompressionName,
+    compress,
+    concat_compressed,
 )
-from lit_attr.attribution.memory import RunShape, activation_bytes_per_row, check_memory
-from lit_attr.attribution.quantize import CompressedRows, QueryCompression, compress, concat_compressed
-from lit_attr.attribution.queries import QueryConfig, planned_num_queries
-from lit_attr.attribution.scoring_module import ScoringModule
+from lit_attr.attribution.queries import QueryConfig
+from lit_attr.attribution.scoring_module import ScoreDTypeName
 from lit_attr.contracts import CurvatureRequest
 from lit_attr.curvature.callback import KFACCallback
 from lit_attr.curvature.eigen import KFACEigen, precondition
 from lit_attr.curvature.factors_io import factors_path
-from lit_attr.curvature.layers import gradient_shapes, select_kfac_modules
-from lit_attr.ddpm_config import as_config
-from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
+from lit_attr.curvature.layers import gradient_shapes
+from lit_attr.diffusion.draws import DrawSchemeName
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError
-from lit_attr.measurements import TIMESTEP_PREFIX, Measurement, MeasurementSpec, measurement_rows, parse_measurement
-from lit_attr.storage import read_metadata
-from lit_attr.validation import check_finite, integer, number
+from lit_attr.validation import check_finite, number
 
+__all__ = ["InfluenceModule", "MeasurementConfig"]
 
-TRAIN_STREAM = "train"
-"""Stream of the training-gradient draws."""
-QUERY_CAUSE = ("a query image holds NaN/Inf or the model overflows on it: check --model.queries.* (image files) and "
-               "the model")
-TRAINING_CAUSE = "a training image holds NaN/Inf or the model overflows on it: check the --data.* files"
 CURVATURE_CAUSE = ("the curvature's eigenvalues or the damping make the inverse overflow: raise --model.damping, or "
                    "refit the curvature with --model.overwrite true")
 SCORE_CAUSE = "the scores overflow float32: raise --model.damping or use --model.query_compression fp16/none"
 
 
-def group_stream(group: int) -> str:
-    """Draw stream of group g: ``train`` for g = 0 (as ``attribute.py``), else ``train/g``."""
-    return TRAIN_STREAM if group == 0 else f"{TRAIN_STREAM}/{group}"
-
-
-@dataclass
-class MeasurementConfig:
-    """What to measure on each query (section 3.3)."""
-
-    measurement: str = "loss"
-    """loss (default), elbo, loss_at_t<t> (the per-timestep loss at 0-based t, e.g. loss_at_t100; as in evaluate.py)
-    or trajectory_logprob (generated queries only)."""
-    num_draws: int = 64
-    """MC draws of the measurement gradient per query."""
-    timestep: int | None = None
-    """Deprecated: t of ``measurement: loss_at_timestep``; write ``measurement: loss_at_t<t>`` instead."""
-
-    def __post_init__(self) -> None:
-        """Check the name; the old spelling ``loss_at_timestep`` + ``timestep: t`` becomes ``loss_at_t<t>`` (a warning)."""
-        try:
-            kind, timestep = parse_measurement(self.measurement, self.timestep)
-        except ConfigError as error:
-            raise ConfigError(f"--model.measurement.measurement: {error}") from None
-        if self.measurement == Measurement.LOSS_AT_TIMESTEP.value and timestep is not None:
-            warnings.warn(f"--model.measurement.measurement loss_at_timestep with timestep {timestep} is deprecated; "
-                          f"write --model.measurement.measurement {TIMESTEP_PREFIX}{timestep} (as in evaluate.py).",
-                          FutureWarning, stacklevel=2)
-            self.measurement, self.timestep = f"{TIMESTEP_PREFIX}{timestep}", None
-        elif kind is Measurement.LOSS_AT_TIMESTEP and timestep is None:
-            raise ConfigError("--model.measurement.measurement loss_at_timestep needs its timestep: write "
-                              f"{TIMESTEP_PREFIX}<t> with a 0-based t, e.g. {TIMESTEP_PREFIX}100.")
-        elif self.timestep is not None and kind is not Measurement.LOSS_AT_TIMESTEP:
-            raise ConfigError(f"--model.measurement.timestep applies to the per-timestep loss only; drop it, or write "
-                              f"--model.measurement.measurement {TIMESTEP_PREFIX}{self.timestep}.")
-
-
-class InfluenceModule(ScoringModule):
+class InfluenceModule(GradientPassModule):
     """Scores all training examples against all queries with K-FAC influence functions.
 
     Args:
@@ -123,28 +82,18 @@ class InfluenceModule(ScoringModule):
         measurement: MeasurementConfig | None = None,
         num_draws: int = 16,
         seed: int = 0,
-        draw_scheme: Literal["independent", "stratified", "shared", "shared_stratified"] = "stratified",
+        draw_scheme: DrawSchemeName = "stratified",
         damping: float = 1e-8,
-        query_compression: Literal["int8", "fp16", "none"] = "int8",
-        score_dtype: Literal["float32", "float16"] = "float32",
+        query_compression: QueryCompressionName = "int8",
+        score_dtype: ScoreDTypeName = "float32",
         top_k: int = 6,
         overwrite: bool = False,
         query_batch_size: int = 16,
     ) -> None:
-        self.measurement_config = as_config(measurement, MeasurementConfig)
-        for value, flag in ((num_draws, "--model.num_draws"), (top_k, "--model.top_k"),
-                            (query_batch_size, "--model.query_batch_size"),
-                            (self.measurement_config.num_draws, "--model.measurement.num_draws")):
-            integer(value, flag, low=1)
-        integer(seed, "--model.seed", low=0)
-        damping = number(damping, "--model.damping", low=0.0)
-        self.num_draws, self.seed, self.draw_scheme = num_draws, seed, DrawScheme(draw_scheme)
-        self.damping, self.query_compression = damping, QueryCompression(query_compression)
-        self.query_batch_size = query_batch_size
-        self.measurement_spec = MeasurementSpec(self.measurement_config.measurement, self.measurement_config.num_draws,
-                                                seed, self.draw_scheme, self.measurement_config.timestep)
-        super().__init__(checkpoint, output_dir, queries, score_dtype, top_k, overwrite)
-        self.kfac_modules = select_kfac_modules(self.ddpm.attribution_unet)
+        self.damping = number(damping, "--model.damping", low=0.0)
+        self.query_compression = QueryCompression(query_compression)
+        super().__init__(checkpoint, output_dir, queries, measurement, num_draws, seed, draw_scheme, score_dtype,
+                         top_k, overwrite, query_batch_size)
         self.eigen: KFACEigen | None = None
         self.query_rows: CompressedRows | None = None
         self.timings: dict[str, float] = {}
@@ -163,41 +112,20 @@ class InfluenceModule(ScoringModule):
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
         }
 
-    def measurement_identity(self) -> dict[str, Any]:
-        """The measurement as stored (kind, draws and the per-timestep loss's t: the same for both spellings)."""
-        spec = self.measurement_spec
-        return {"measurement": spec.measurement.value, "num_draws": spec.num_draws, "timestep": spec.timestep}
-
     def _curvature_callback(self, required: bool = True) -> KFACCallback | None:
-        """The trainer's ``KFACCallback`` (None if absent and not ``required``, e.g. for TRAK)."""
+        """The trainer's ``KFACCallback`` (None if absent and not ``required``: the memory estimate runs first)."""
         found = [cb for cb in self.trainer.callbacks if isinstance(cb, KFACCallback)]
         if not found and required:
             raise ConfigError("No curvature: add `- class_path: callbacks.curvature.KFACCallback` to trainer.callbacks.")
         return found[0] if found else None
 
-    def check_memory(self, batch_size: int) -> None:
-        """Print the memory estimate (``lit_attr.attribution.memory``); refuse a run the device cannot hold."""
-        line = check_memory(self.run_shape(batch_size), self.trainer.strategy.root_device)
-        if self.trainer.is_global_zero:
-            print(line)
-
     def run_shape(self, batch_size: int) -> RunShape:
-        """The sizes that set this run's memory."""
+        """The gradient pass's sizes plus the curvature and the compressed query store."""
         shapes = gradient_shapes(self.kfac_modules)
-        unet = self.ddpm.attribution_unet
-        stored = read_metadata(self.output_dir) if self._reused_queries_path() is not None else {}
-        num_queries = stored.get("num_queries") or planned_num_queries(self.query_config, self.ddpm.image_shape)
-        return RunShape(
-            num_params=sum(out * cols for out, cols in shapes.values()),
-            activation_bytes_per_row=activation_bytes_per_row(unet, self.ddpm.model_shape, next(unet.parameters()).device),
-            curvature_entries=sum(out * out + cols * cols for out, cols in shapes.values()),
-            num_queries=num_queries, query_batch_size=self.query_batch_size,
-            measurement_draws=self.measurement_spec.num_draws, batch_size=batch_size, num_draws=self.num_draws,
-            curvature_draws=getattr(self._curvature_callback(required=False), "num_draws", 0),
-            query_compression=self.query_compression.value)
-
-    def needs_trajectory(self) -> bool:
-        return self.measurement_spec.measurement is Measurement.TRAJECTORY_LOGPROB
+        return replace(super().run_shape(batch_size),
+                       curvature_entries=sum(out * out + cols * cols for out, cols in shapes.values()),
+                       curvature_draws=getattr(self._curvature_callback(required=False), "num_draws", 0),
+                       query_compression=self.query_compression.value)
 
     def curvature_request(self) -> CurvatureRequest | None:
         """The curvature ``KFACCallback`` provides before predicting (``contracts.CurvatureConsumer``);
@@ -234,52 +162,11 @@ class InfluenceModule(ScoringModule):
         for grads in self.query_gradient_blocks():
             yield flatten_gradients(precondition(grads, self.eigen, self.damping))
 
-    def query_gradients(self) -> dict[str, Tensor]:
-        """Measurement gradients of all queries: name -> (Q, out, in+1)."""
-        parts = list(self.query_gradient_blocks())
-        return {name: torch.cat([p[name] for p in parts]) for name in self.kfac_modules}
-
-    def query_gradient_blocks(self) -> Iterator[dict[str, Tensor]]:
-        """Measurement gradients of ``query_batch_size`` queries at a time: name -> (q, out, in+1)."""
-        unet = self.ddpm.attribution_unet
-        images = self.queries.images.to(self.device)
-        trajectory = None if self.queries.trajectory is None else self.queries.trajectory.to(self.device)
-        timesteps, labels = self.queries.timesteps, self.queries.labels
-        for start in range(0, len(images), self.query_batch_size):
-            idx = torch.arange(start, min(start + self.query_batch_size, len(images)))
-            traj = None if trajectory is None else trajectory[:, idx]
-
-            def rows(idx: Tensor = idx, traj: Tensor | None = traj) -> Tensor:
-                return measurement_rows(self.measurement_spec, unet_eps_model(unet), self.ddpm.schedule,
-                                        images[idx].clone(), idx, traj, timesteps,
-                                        None if labels is None else labels[idx])
-
-            grads = per_example_gradients(unet, self.kfac_modules, rows, len(idx), self.measurement_spec.num_draws)
-            check_finite(grads, f"measurement gradients of queries {idx[0].item()}..{idx[-1].item()}", QUERY_CAUSE)
-            yield grads
-
     def preconditioned_query_gradients(self) -> Tensor:
         """``(GGN + damping I)^{-1} grad m(x_q)`` flattened: (Q, num_params)."""
         return torch.cat(list(self.preconditioned_query_blocks()))
 
     # ------------------------------------------------------------------ training rows
-    def training_draws(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> tuple[Tensor, Tensor]:
-        """The S seeded (timestep, noise) draws of each example of the batch: (B, S) and (B, S, C, H, W)."""
-        x0 = batch["image"]
-        return draw_for_batch(batch["index"].cpu(), self.num_draws, tuple(x0.shape[1:]),
-                              self.ddpm.schedule.num_timesteps, self.seed, stream, self.draw_scheme)
-
-    def training_gradients(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
-        """Per-example loss gradients averaged over S draws (stream ``train``): (B, num_params)."""
-        timesteps, noise = self.training_draws(batch, stream)
-        grads = per_example_loss_gradients(unet_eps_model(self.ddpm.attribution_unet), self.ddpm.schedule,
-                                           self.kfac_modules, batch["image"], timesteps, noise,
-                                           self.ddpm.attribution_unet, batch.get("label"))
-        flat = flatten_gradients(grads)
-        if not bool(torch.isfinite(flat).all()):  # one reduction per batch; name the layer only on failure
-            check_finite(grads, f"training gradients of examples {batch['index'][:3].tolist()}...", TRAINING_CAUSE)
-        return flat
-
     def training_scores(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
         """Scores of the batch's examples against the stored queries, layer by layer: (B, num_queries).
 

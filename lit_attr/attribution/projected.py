@@ -25,40 +25,51 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_attr.attribution.gradient_pass import GradientPassModule, group_stream
 from lit_attr.attribution.gradients import flatten_gradients, per_example_sqnorm_gradients
-from lit_attr.attribution.influence import InfluenceModule, group_stream
+from lit_attr.attribution.measurement_config import MeasurementConfig
 from lit_attr.attribution.memory import RunShape
-from lit_attr.baselines.projection import RandomProjector
+from lit_attr.attribution.queries import QueryConfig
+from lit_attr.attribution.scoring_module import ScoreDTypeName
+from lit_attr.baselines.projection import ProjectionKind, RandomProjector
 from lit_attr.constants import METADATA_FILE, QUERY_FEATURES_FILE
-from lit_attr.diffusion.draws import draw_for_batch
+from lit_attr.diffusion.draws import DrawSchemeName, draw_for_batch
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError
-from lit_attr.measurements import MeasurementSpec
 from lit_attr.storage import load_scores, read_json
 
 SQNORM = "sqnorm"
+TrainingFunctionName = Literal["loss", "sqnorm"]
+"""The training function whose gradient is projected: the loss (TRAK) or the squared output norm (D-TRAK)."""
 
 
-class ProjectedGradientModule(InfluenceModule):
+class ProjectedGradientModule(GradientPassModule):
     """Projected per-example gradients (N, G * d_proj) for TRAK / D-TRAK.
 
     Args:
+        checkpoint, output_dir, queries, measurement, num_draws, seed, draw_scheme, score_dtype, top_k, overwrite,
+            query_batch_size: as for ``GradientPassModule``.
         training_function: ``loss`` (TRAK) or ``sqnorm`` (D-TRAK).
         measurements: query measurements for TRAK (ignored by D-TRAK, whose queries use ``sqnorm``).
         projection_dim: d_proj.
         projection_kind: ``gaussian`` or ``rademacher``.
         projection_seed: seed of the projection matrix.
         num_groups: G, groups of ``num_draws`` draws.
-        **kwargs: ``InfluenceModule`` arguments.
     """
 
-    def __init__(self, *args: Any, training_function: Literal["loss", "sqnorm"] = "loss",
+    def __init__(self, checkpoint: str, output_dir: str = "runs/digits/attribution",
+                 queries: QueryConfig | None = None, measurement: MeasurementConfig | None = None,
+                 num_draws: int = 16, seed: int = 0,
+                 draw_scheme: DrawSchemeName = "stratified",
+                 score_dtype: ScoreDTypeName = "float32", top_k: int = 6, overwrite: bool = False,
+                 query_batch_size: int = 16, training_function: TrainingFunctionName = "loss",
                  measurements: list[str] | None = None, projection_dim: int = 4096,
-                 projection_kind: Literal["gaussian", "rademacher"] = "gaussian", projection_seed: int = 0,
-                 num_groups: int = 2, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+                 projection_kind: ProjectionKind = "gaussian", projection_seed: int = 0,
+                 num_groups: int = 2) -> None:
         if training_function not in ("loss", SQNORM):
             raise ConfigError(f"training_function must be loss (TRAK) or sqnorm (D-TRAK); got {training_function!r}.")
+        super().__init__(checkpoint, output_dir, queries, measurement, num_draws, seed, draw_scheme, score_dtype,
+                         top_k, overwrite, query_batch_size)
         self.training_function, self.num_groups = training_function, num_groups
         self.measurements = [SQNORM] if training_function == SQNORM else list(measurements or ["loss"])
         num_params = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
@@ -76,16 +87,9 @@ class ProjectedGradientModule(InfluenceModule):
                 "seed": self.seed, "draw_scheme": self.draw_scheme.value,
                 "measurement": {"num_draws": self.measurement_config.num_draws}, "projection": self.projection}
 
-    def curvature_request(self) -> None:
-        """None: TRAK and D-TRAK use no K-FAC curvature."""
-        return None
-
     def run_shape(self, batch_size: int) -> RunShape:
-        """K-FAC influence's sizes without the curvature, with the queries' gradients held in float32 until they are
-        projected, and with the projection matrix."""
-        shape = super().run_shape(batch_size)
-        return replace(shape, curvature_entries=0, curvature_draws=0, query_compression="none",
-                       projection_bytes=self.projector.resident_bytes)
+        """The gradient pass's sizes (query gradients in float32 until they are projected) and the projection matrix."""
+        return replace(super().run_shape(batch_size), projection_bytes=self.projector.resident_bytes)
 
     def on_predict_start(self) -> None:
         """Project the query gradients once: ``query_features.pt`` = {measurement: (Q, d_proj)}."""
@@ -94,14 +98,12 @@ class ProjectedGradientModule(InfluenceModule):
             return
         features = {}
         for name in self.measurements:
-            grads = self._sqnorm_query_gradients() if name == SQNORM else self._measurement_gradients(name)
+            if name == SQNORM:
+                grads = self._sqnorm_query_gradients()
+            else:
+                grads = self.query_gradients(self.measurement_spec_for(name))
             features[name] = self.projector.project(flatten_gradients(grads))
         torch.save(features, path)
-
-    def _measurement_gradients(self, name: str) -> dict[str, Tensor]:
-        self.measurement_spec = MeasurementSpec(name, self.measurement_config.num_draws, self.seed, self.draw_scheme,
-                                                self.measurement_config.timestep)
-        return self.query_gradients()
 
     def _sqnorm_query_gradients(self) -> dict[str, Tensor]:
         images = self.queries.images.to(self.device)

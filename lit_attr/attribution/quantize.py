@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -25,6 +26,10 @@ class QueryCompression(str, Enum):
     INT8 = "int8"
     FP16 = "fp16"
     NONE = "none"
+
+
+QueryCompressionName = Literal["int8", "fp16", "none"]
+"""``QueryCompression``'s values, for signatures read by the CLIs."""
 
 
 @dataclass

@@ -29,6 +29,9 @@ from lit_attr.validation import check_output_folder, integer
 
 log = logging.getLogger(__name__)
 
+ScoreDTypeName = Literal["float32", "float16"]
+"""The dtypes of ``scores.npy`` (``--model.score_dtype``)."""
+
 
 class ScoringModule(L.LightningModule):
     """Scores every training example of the data module against the queries, one row per example.
@@ -43,7 +46,7 @@ class ScoringModule(L.LightningModule):
     """
 
     def __init__(self, checkpoint: str, output_dir: str, queries: QueryConfig | None = None,
-                 score_dtype: Literal["float32", "float16"] = "float32", top_k: int = 6,
+                 score_dtype: ScoreDTypeName = "float32", top_k: int = 6,
                  overwrite: bool = False) -> None:
         super().__init__()
         self.query_config = as_config(queries, QueryConfig)

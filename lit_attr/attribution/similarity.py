@@ -10,13 +10,13 @@ model's training images and queries are compared as pixels (their decoded images
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lit_attr.attribution.queries import QueryConfig
-from lit_attr.attribution.scoring_module import ScoringModule
+from lit_attr.attribution.scoring_module import ScoreDTypeName, ScoringModule
 from lit_attr.baselines.similarity import clip_embeddings, cosine_scores, load_open_clip
 from lit_attr.errors import ConfigError
 
@@ -36,7 +36,7 @@ class PixelCosineModule(ScoringModule):
     method = "pixel"
 
     def __init__(self, checkpoint: str, output_dir: str = "runs/digits/attribution",
-                 queries: QueryConfig | None = None, score_dtype: Literal["float32", "float16"] = "float32",
+                 queries: QueryConfig | None = None, score_dtype: ScoreDTypeName = "float32",
                  top_k: int = 6, overwrite: bool = False) -> None:
         super().__init__(checkpoint, output_dir, queries, score_dtype, top_k, overwrite)
         self.query_embeddings: Tensor | None = None
@@ -74,7 +74,7 @@ class ClipCosineModule(PixelCosineModule):
 
     def __init__(self, checkpoint: str, output_dir: str = "runs/digits/attribution",
                  queries: QueryConfig | None = None, clip_weights: str | None = None, clip_model: str = "ViT-B-32",
-                 score_dtype: Literal["float32", "float16"] = "float32", top_k: int = 6,
+                 score_dtype: ScoreDTypeName = "float32", top_k: int = 6,
                  overwrite: bool = False) -> None:
         if not clip_weights:
             raise ConfigError("--method clip needs --model.clip_weights, a local open_clip checkpoint file (weights "

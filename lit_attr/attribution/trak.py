@@ -13,18 +13,22 @@ convention; the sign of influence's "positive: removing j raises q's loss").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
-from lit_attr.attribution.influence import MeasurementConfig
+from lit_attr.attribution.measurement_config import MeasurementConfig
 from lit_attr.attribution.projected import SQNORM, ProjectedGradientModule, load_projected_features
 from lit_attr.attribution.queries import QueryConfig
+from lit_attr.attribution.scoring_module import ScoreDTypeName
+from lit_attr.baselines.projection import ProjectionKind
 from lit_attr.baselines.trak import trak_scores
 from lit_attr.constants import FEATURES_DIR, FINALIZED_KEY
 from lit_attr.ddpm_config import as_config
+from lit_attr.diffusion.draws import DrawSchemeName
 from lit_attr.errors import ConfigError
 from lit_attr.storage import read_metadata
+from lit_attr.validation import number
 
 TRAK_DEFAULT_DAMPING = 1e-9
 """The benchmark's default damping of TRAK and D-TRAK (the first of their sweep in ``configs/lds/digits.yaml``)."""
@@ -40,7 +44,7 @@ class TRAKModule(ProjectedGradientModule):
         measurement: the query function whose projected gradient is the query feature (default: the loss).
         num_draws: S, draws of (timestep, noise) per training example.
         seed: seed of every draw.
-        draw_scheme: as for K-FAC influence (``InfluenceModule``).
+        draw_scheme: how the draws are made: stratified (default), independent, shared or shared_stratified.
         damping: lambda of the closed form, in the units of the mean-loss GGN (App. G.4; 0: pseudo-inverse).
         projection_dim: d_proj of the random projection (the paper used 32768).
         projection_kind: entries of the projection matrix: gaussian or rademacher.
@@ -56,16 +60,17 @@ class TRAKModule(ProjectedGradientModule):
     def __init__(self, checkpoint: str, output_dir: str = "runs/digits/attribution",
                  queries: QueryConfig | None = None, measurement: MeasurementConfig | None = None,
                  num_draws: int = 16, seed: int = 0,
-                 draw_scheme: Literal["independent", "stratified", "shared", "shared_stratified"] = "stratified",
+                 draw_scheme: DrawSchemeName = "stratified",
                  damping: float = TRAK_DEFAULT_DAMPING, projection_dim: int = 4096,
-                 projection_kind: Literal["gaussian", "rademacher"] = "gaussian", projection_seed: int = 0,
-                 score_dtype: Literal["float32", "float16"] = "float32", top_k: int = 6, overwrite: bool = False,
+                 projection_kind: ProjectionKind = "gaussian", projection_seed: int = 0,
+                 score_dtype: ScoreDTypeName = "float32", top_k: int = 6, overwrite: bool = False,
                  query_batch_size: int = 16) -> None:
         measurement = as_config(measurement, MeasurementConfig)
         self.check_measurement(measurement)
-        super().__init__(checkpoint, output_dir, queries, measurement, num_draws, seed, draw_scheme, damping,
-                         score_dtype=score_dtype, top_k=top_k, overwrite=overwrite, query_batch_size=query_batch_size,
-                         training_function=self.training_function, measurements=[measurement.measurement],
+        self.damping = number(damping, "--model.damping", low=0.0)
+        super().__init__(checkpoint, output_dir, queries, measurement, num_draws, seed, draw_scheme, score_dtype, top_k,
+                         overwrite, query_batch_size, training_function=self.training_function,
+                         measurements=[measurement.measurement],
                          projection_dim=projection_dim, projection_kind=projection_kind,
                          projection_seed=projection_seed, num_groups=1)
 

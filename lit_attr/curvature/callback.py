@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,10 +30,10 @@ from lit_attr.contracts import CurvatureConsumer, CurvatureRequest
 from lit_attr.curvature.accumulators import iterate_ddpm_batches
 from lit_attr.curvature.eigen import EigenvalueCorrectionAccumulator, KFACEigen, eigendecompose_factors
 from lit_attr.curvature.factors_io import REFIT_FIX, factors_exist, factors_path, load_factors, save_factors
-from lit_attr.curvature.fisher import FisherType
-from lit_attr.curvature.kfac import KFACAccumulator, KFACApprox, KFACFactors
+from lit_attr.curvature.fisher import FisherType, FisherTypeName
+from lit_attr.curvature.kfac import KFACAccumulator, KFACApprox, KFACApproxName, KFACFactors
 from lit_attr.curvature.layers import select_kfac_modules
-from lit_attr.diffusion.draws import DrawScheme
+from lit_attr.diffusion.draws import CurvatureDrawSchemeName, DrawScheme
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError, NumericalError
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
@@ -66,12 +66,12 @@ class KFACCallback(L.Callback):
     def __init__(
         self,
         num_draws: int = 16,
-        fisher_type: Literal["mc", "empirical", "type-2"] = "mc",
-        kfac_approx: Literal["expand", "reduce"] = "expand",
+        fisher_type: FisherTypeName = "mc",
+        kfac_approx: KFACApproxName = "expand",
         mc_samples: int = 1,
         eigenvalue_correction: bool = False,
         seed: int | None = None,
-        draw_scheme: Literal["independent", "stratified"] | None = None,
+        draw_scheme: CurvatureDrawSchemeName | None = None,
         factors_path: str | None = None,
         fit_after_training: bool = True,
         progressbar: bool = True,

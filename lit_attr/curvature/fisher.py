@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from enum import Enum
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -32,6 +33,10 @@ class FisherType(str, Enum):
     MC = "mc"
     EMPIRICAL = "empirical"
     TYPE2 = "type-2"
+
+
+FisherTypeName = Literal["mc", "empirical", "type-2"]
+"""``FisherType``'s values, for signatures read by the CLIs."""
 
 
 def num_backprop_vectors(fisher_type: FisherType | str, output_dim: int, mc_samples: int = 1) -> int:

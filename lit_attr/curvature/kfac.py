@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,10 @@ class KFACApprox(str, Enum):
 
     EXPAND = "expand"
     REDUCE = "reduce"
+
+
+KFACApproxName = Literal["expand", "reduce"]
+"""``KFACApprox``'s values, for signatures read by the CLIs."""
 
 
 @dataclass

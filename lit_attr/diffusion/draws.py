@@ -20,6 +20,7 @@ the gradients use: ``DrawScheme.for_curvature`` maps a shared scheme to its per-
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -48,6 +49,12 @@ class DrawScheme(str, Enum):
     def for_curvature(self) -> DrawScheme:
         """The per-example scheme with the same sampling: curvature draws are never shared."""
         return DrawScheme.STRATIFIED if self.is_stratified else DrawScheme.INDEPENDENT
+
+
+DrawSchemeName = Literal["independent", "stratified", "shared", "shared_stratified"]
+"""``DrawScheme``'s values, for signatures read by the CLIs (jsonargparse parses an ``Enum`` by member name)."""
+CurvatureDrawSchemeName = Literal["independent", "stratified"]
+"""The per-example ``DrawScheme`` values: the schemes curvature draws may use (``DrawScheme.for_curvature``)."""
 
 
 SHARED_KEY = 0

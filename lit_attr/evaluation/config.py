@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lit_attr.baselines.projection import ProjectionKind
+from lit_attr.curvature.fisher import FisherTypeName
+from lit_attr.curvature.kfac import KFACApproxName
+from lit_attr.diffusion.draws import CurvatureDrawSchemeName, DrawSchemeName
 from lit_attr.errors import ConfigError
 
 MeasurementName = str
@@ -100,10 +104,10 @@ class CurvatureConfig:
     """K-FAC settings of a method (``callbacks.curvature.KFACCallback``)."""
 
     num_draws: int = 16
-    fisher_type: Literal["mc", "empirical", "type-2"] = "mc"
-    kfac_approx: Literal["expand", "reduce"] = "expand"
+    fisher_type: FisherTypeName = "mc"
+    kfac_approx: KFACApproxName = "expand"
     eigenvalue_correction: bool = False
-    draw_scheme: Literal["independent", "stratified"] = "independent"
+    draw_scheme: CurvatureDrawSchemeName = "independent"
     """Curvature draws per example (never shared: see ``DrawScheme.for_curvature``)."""
 
 
@@ -115,7 +119,7 @@ class MethodConfig:
     """Label and folder name (``<root>/methods/<name>``)."""
     kind: Literal["kfac", "trak", "dtrak", "pixel", "clip"] = "kfac"
     """K-FAC influence (ours), TRAK, D-TRAK, pixel cosine or CLIP cosine."""
-    draw_scheme: Literal["independent", "stratified", "shared", "shared_stratified"] = "stratified"
+    draw_scheme: DrawSchemeName = "stratified"
     """Draw scheme of the training and query gradients (stratified: the digits benchmark's winner)."""
     draws_per_group: int = 16
     """S of one draw group."""
@@ -137,7 +141,7 @@ class MethodConfig:
     """Seed of the training and query draws."""
     projection_dim: int = 4096
     """TRAK / D-TRAK: d_proj of the random projection (the paper used 32768)."""
-    projection_kind: Literal["gaussian", "rademacher"] = "gaussian"
+    projection_kind: ProjectionKind = "gaussian"
     """TRAK / D-TRAK: entries of the projection matrix."""
     projection_seed: int = 0
     """TRAK / D-TRAK: seed of the projection matrix."""

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_attr.attribution.gradient_pass import group_stream
 from lit_attr.attribution.gradients import flatten_gradients
-from lit_attr.attribution.influence import InfluenceModule, group_stream
+from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.attribution.quantize import score_against
 from lit_attr.constants import METADATA_FILE
 from lit_attr.curvature.eigen import precondition
 from lit_attr.errors import ConfigError
-from lit_attr.measurements import MeasurementSpec
 from lit_attr.storage import load_scores, read_json
 
 
@@ -54,8 +54,7 @@ class VariantInfluenceModule(InfluenceModule):
             raise ConfigError(f"Need num_groups >= 1, dampings >= 0 and at least one measurement; got "
                               f"num_groups={num_groups}, dampings={self.dampings}, measurements={self.measurements}.")
         self.num_groups = num_groups
-        self.specs = [MeasurementSpec(m, self.measurement_config.num_draws, self.seed, self.draw_scheme,
-                                      self.measurement_config.timestep) for m in self.measurements]
+        self.specs = [self.measurement_spec_for(m) for m in self.measurements]
 
     def num_score_columns(self) -> int:
         return self.num_groups * len(self.measurements) * len(self.dampings) * len(self.queries.images)
@@ -68,8 +67,7 @@ class VariantInfluenceModule(InfluenceModule):
         """Rows ordered (measurement, damping, query): (M * D * Q, num_params)."""
         rows = []
         for spec in self.specs:
-            self.measurement_spec = spec
-            gradients = self.query_gradients()
+            gradients = self.query_gradients(spec)
             rows += [flatten_gradients(precondition(gradients, self.eigen, damping)) for damping in self.dampings]
         return torch.cat(rows)
 

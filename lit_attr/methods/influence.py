@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from lit_attr.attribution.influence import MeasurementConfig
+from lit_attr.attribution.measurement_config import MeasurementConfig
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.attribution.score_writer import ScoreWriter
 from lit_attr.constants import CURVATURE_DIR, ENSEMBLE_DIR, FINALIZED_KEY, METADATA_FILE, QUERY_IMAGES_FILE

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import lightning as L
 import numpy as np
 
-from lit_attr.attribution.influence import MeasurementConfig
+from lit_attr.attribution.measurement_config import MeasurementConfig
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.attribution.score_writer import ScoreWriter
 from lit_attr.constants import FINALIZED_KEY, METADATA_FILE, TRAK_SCORES_FILE
