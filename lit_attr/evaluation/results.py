@@ -166,21 +166,21 @@ def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
     """Per method and fraction: relative change of the measurement after removing each query's top influences,
     the random control, and the paired per-query difference to the first removal method (``vs_reference``)."""
     rem = bench.config.removal
-    jobs = bench.removal_jobs() if rem.queries else []
-    if not jobs or not all((j.job.run_dir / DONE_FILE).exists() for j in jobs):
+    runs = {(method, q, fraction): bench.layout.removal_run_dir(method, q, fraction)
+            for method in rem.methods for fraction in rem.fractions for q in [*rem.queries, -1]}
+    if not rem.queries or not all((run_dir / DONE_FILE).exists() for run_dir in runs.values()):
         return []
     t = list(bench.config.true_measurements.measurements).index(rem.measurement)
     full = bench.full_measurements()[0, t]
     queries = torch.tensor(rem.queries)
-    by_dir = {j.job.run_dir.parent.relative_to(bench.layout.removal_root).as_posix():
-              bench._measurements(j.job.run_dir)[0, t] for j in jobs}
+    measured = {key: bench.run_measurements(run_dir)[0, t] for key, run_dir in runs.items()}
     out = []
     for fraction in rem.fractions:
         reference = None
         for method in rem.methods:
             metric = RetrainingWithoutTopInfluences()
-            removed = torch.stack([by_dir[f"{method}/q{q:03d}_top_{fraction:g}"][q] for q in rem.queries])
-            metric.update(full[queries], removed, by_dir[f"{method}/random_{fraction:g}"][queries])
+            removed = torch.stack([measured[method, q, fraction][q] for q in rem.queries])
+            metric.update(full[queries], removed, measured[method, -1, fraction][queries])
             res = metric.compute()
             row = {"fraction": fraction, "method": method, "measurement": rem.measurement,
                    "mean": float(res["mean"]), "stderr": float(res["stderr"]),
