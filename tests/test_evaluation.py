@@ -1,6 +1,7 @@
 """The LDS harness: common seeding, true measurements, variant scoring, and evaluate.py end to end."""
 
 import json
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -184,11 +185,12 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     trak_sweep = [r for r in results["lds"] if (r["method"], r["target"]) == ("trak", "loss")]
     kfac_sweep = [r for r in results["lds"] if (r["method"], r["target"], r["approx"], r["num_draws"]) ==
                   ("kfac", "loss", "loss", trak_sweep[0]["num_draws"])]  # same S
-    trak_held_out, kfac_held_out = cross_fitted(trak_sweep), cross_fitted(kfac_sweep)  # damping not chosen on them
-    assert paired["trak", "loss"]["mean"] == pytest.approx(np.mean(np.array(trak_held_out["per_query"])
-                                                                   - np.array(kfac_held_out["per_query"])))
+    trak_held_out, kfac_held_out = (cross_fitted([SimpleNamespace(**r) for r in sweep])  # damping not chosen on them
+                                    for sweep in (trak_sweep, kfac_sweep))
+    assert paired["trak", "loss"]["mean"] == pytest.approx(np.mean(np.array(trak_held_out.per_query)
+                                                                   - np.array(kfac_held_out.per_query)))
     trak_row = next(c for c in results["comparison"] if (c["method"], c["target"]) == ("trak", "loss"))
-    assert trak_row["selected"]["dampings"] == trak_held_out["dampings"]
+    assert trak_row["selected"]["dampings"] == trak_held_out.dampings
     assert all(len(r["folds"]) == 2 and len(r["folds"][0]) == len(r["per_query"]) for r in results["lds"])
     spread = [r for r in results["lds"] if r["method"] == "kfac" and r["num_draws"] == 2]  # 4 groups: 2 sets of 2
     assert spread and all(len(r["draw_sets"]["lds"]) == 2 and r["draw_sets"]["lds"][0] == pytest.approx(r["mean"])
