@@ -26,6 +26,7 @@ from lit_attr.evaluation.runner import run_jobs
 from lit_attr.evaluation.subsets import create_subsets, read_subsets, read_subsets_manifest, subsets_exist
 from lit_attr.methods.base import ScoreSet
 from lit_attr.pipeline_io import load_ddpm_module
+from lit_attr.storage import write_atomic
 
 
 class Benchmark:
@@ -80,9 +81,7 @@ class Benchmark:
             return queries
         ddpm = load_ddpm_module(self.layout.full_dir / MODEL_FILE)
         queries = build_queries(QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), ddpm, self.dataset)
-        tmp = path.with_name(path.name + ".tmp")
-        queries.save(tmp)
-        tmp.replace(path)
+        write_atomic(path, queries.save)
         return queries
 
     # ------------------------------------------------------------------ LDS retraining

@@ -31,6 +31,7 @@ from lit_attr.evaluation.jobs import RetrainJob, SeedingProtocol, TrainingJob, j
 from lit_attr.evaluation.layout import BenchmarkLayout
 from lit_attr.evaluation.subsets import read_subsets_manifest, subset_indices_path
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
+from lit_attr.storage import write_atomic
 
 
 def full_job(config: BenchmarkConfig, layout: BenchmarkLayout, train_indices: Sequence[int]) -> TrainingJob:
@@ -137,7 +138,8 @@ def _removal_jobs_of(config: BenchmarkConfig, layout: BenchmarkLayout, train_ind
 
 
 def _write_indices_once(path: Path, indices: Sequence[int]) -> None:
-    """Write the index file ``path`` unless it exists (a plan names the same data every time)."""
+    """Write the index file ``path`` unless it exists (a plan names the same data every time); atomically, as
+    worker processes plan side by side."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_index_file(path, list(indices))
+        write_atomic(path, lambda tmp: write_index_file(tmp, list(indices)))

@@ -26,6 +26,7 @@ from lit_attr.evaluation.rows import (
     Stat,
     SubstitutionTable,
 )
+from lit_attr.storage import write_atomic
 
 
 def _pm(stat: Stat | DampedStat | CrossFitted | PairedDifference | LDSRow | RemovalRow) -> str:
@@ -96,9 +97,7 @@ def write_results(bench: Benchmark, results: Results,
     """results.json, results.md, lds_bars.png, scatter.png under ``root`` and TensorBoard events."""
     root = bench.root
     paths = {"json": root / RESULTS_JSON, "markdown": root / RESULTS_MD}
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results.to_json(), indent=2))
-    tmp.replace(paths["json"])
+    write_atomic(paths["json"], lambda tmp: tmp.write_text(json.dumps(results.to_json(), indent=2)))
     paths["markdown"].write_text(markdown(results))
     outcomes = outcomes or BenchmarkOutcomes.load(bench)
     figures = benchmark_figures(bench, results, outcomes, headline_rows(results.lds))
