@@ -85,13 +85,13 @@ def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     bench.save_config(parser.dump(args, skip_validation=True))
     workers = config.retraining.workers
     bench.link_reused()
-    bench.run_jobs([bench.full_job()], stage="full")
+    bench.run_jobs(stage_jobs(bench, "full"), stage="full")
     bench.queries()
     bench.write_subsets()
-    bench.run_jobs(bench.lds_jobs(), workers, stage="lds")
+    bench.run_jobs(stage_jobs(bench, "lds"), workers, stage="lds")
     for method in config.methods:
         bench.run_method(method)
-    bench.run_jobs(bench.removal_jobs(), workers, stage="removal")
+    bench.run_jobs(stage_jobs(bench, "removal"), workers, stage="removal")
     paths = _write_report(bench)
     print(f"Benchmark finished in {(time.perf_counter() - start) / 60:.1f} min; results: "
           + ", ".join(str(p) for p in paths.values()))
@@ -106,10 +106,21 @@ def retrain(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
     if not (bench.root / FULL_DIR / DONE_FILE).exists():
         raise ConfigError("the full model is not trained yet; run `evaluate.py run` first (or its full-model stage).")
     bench.write_subsets()
-    jobs = bench.lds_jobs() if args.stage == "lds" else bench.removal_jobs()
     stage = f"{args.stage} worker {args.worker}" if args.num_workers > 1 else args.stage
-    bench.run_jobs(share.select(jobs), workers=1, stage=stage)
+    bench.run_jobs(share.select(stage_jobs(bench, args.stage)), workers=1, stage=stage)
     return 0
+
+
+def stage_jobs(bench, stage: str) -> list:
+    """The models of one stage (``full``, ``lds`` or ``removal``) of ``bench``, in plan order
+    (``lit_attr.evaluation.plans``)."""
+    from lit_attr.evaluation import plans
+
+    if stage == "full":
+        return [plans.full_job(bench.config, bench.layout, bench.dataset.indices)]
+    if stage == "lds":
+        return plans.lds_jobs(bench.config, bench.layout, bench.num_train)
+    return plans.removal_jobs(bench.config, bench.layout, bench.dataset.indices, bench.removal_scores)
 
 
 def report(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:

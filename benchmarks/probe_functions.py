@@ -142,7 +142,7 @@ def probe(root: Path, num_draws: int, query_draws: int, dampings: list[float], s
                 continue
             result = lds(block.numpy(), outcomes.masks, target)
             precon = IDENTITY if damping == IDENTITY else f"K-FAC, damping {damping:g}"
-            print(f"| {train_function} | {query_function} | {precon} | {result['mean']:+.3f} ± {result['stderr']:.3f} |")
+            print(f"| {train_function} | {query_function} | {precon} | {result.mean:+.3f} ± {result.stderr:.3f} |")
     print(agreement)
     print(f"({time.perf_counter() - start:.0f} s)")
 

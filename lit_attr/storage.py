@@ -23,8 +23,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -42,14 +43,33 @@ from lit_attr.constants import (
 from lit_attr.errors import DamagedOutputError, StoreMismatchError
 
 OVERWRITE_FIX = "rerun with --model.overwrite true (attribute.py) to recompute the run"
+T = TypeVar("T")
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], T]) -> T:
+    """Write ``path`` through ``write(tmp)`` on a temporary file beside it, then ``os.replace``: readers never
+    see half a file, and a ``write`` that raises leaves neither ``path`` nor the temporary file.
+
+    The temporary name keeps ``path``'s suffix (``np.save`` / ``np.savez`` append theirs to names without it)
+    and holds the process id, so processes writing the same file do not share one.
+
+    Returns:
+        What ``write`` returns (e.g. a checksum of the temporary file).
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        result = write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
 
 
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and ``os.replace`` so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """Write JSON (sorted keys) with ``write_atomic`` so readers never see half a file."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -108,14 +108,14 @@ def test_attribute_gives_the_benchmark_scores_of_the_same_method_settings(tmp_pa
     """``configs/lds/smoke.yaml``'s trak and pixel methods scored by the benchmark, and by attribute.py on the
     benchmark's full model and queries settings: pixel identical, TRAK equal to the closed form of the benchmark's
     first draw group (attribute.py scores one group of S = draws_per_group draws)."""
-    from evaluate import benchmark_config, build_parser
+    from evaluate import benchmark_config, build_parser, stage_jobs
     from lit_attr.evaluation.campaign import Benchmark
 
     parser = build_parser()
     parsed = parser.parse_args(["run", "--config", str(ROOT / "configs" / "lds" / "smoke.yaml"),
                                 f"--root={tmp_path / 'bench'}"])
     bench = Benchmark(benchmark_config(parser.instantiate(parsed)["run"]))
-    bench.run_jobs([bench.full_job()])
+    bench.run_jobs(stage_jobs(bench, "full"))
     trak, pixel = (next(m for m in bench.config.methods if m.name == name) for name in ("trak", "pixel"))
     bench.run_method(trak)
     bench.run_method(pixel)

@@ -1,6 +1,7 @@
 """The LDS harness: common seeding, true measurements, variant scoring, and evaluate.py end to end."""
 
 import json
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -12,13 +13,15 @@ from callbacks.curvature import KFACCallback
 from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import InfluenceModule
 from lit_attr.data.datamodules import AttributionDataModule
-from lit_attr.data.index_files import write_index_file
+from lit_attr.data.index_files import read_index_file, write_index_file
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch
 from lit_attr.diffusion.loss import expand_draws, loss_per_draw, unet_eps_model
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation import training
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, RemovalConfig, TrueMeasurementConfig
+from lit_attr.evaluation.layout import BenchmarkLayout
+from lit_attr.evaluation.plans import ensemble_jobs, full_job
 from lit_attr.evaluation.selection import cross_fitted
 from lit_attr.evaluation.true_measurements import STREAM, measure_queries
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
@@ -119,17 +122,16 @@ def test_bad_measurement_settings_are_refused_by_the_config():
 
 
 def test_ensemble_seeds_must_differ_from_the_full_model_seed(tmp_path):
-    from lit_attr.evaluation.campaign import Benchmark
-
-    bench = Benchmark(BenchmarkConfig(root=str(tmp_path)))
-    bench._dataset = object.__new__(type("Data", (), {"indices": [0, 1]}))  # no data read: only the plan
+    config, layout = BenchmarkConfig(root=str(tmp_path)), BenchmarkLayout(tmp_path)
     with pytest.raises(ConfigError, match="must be distinct and differ from retraining.base_seed"):
-        bench.ensemble_jobs([0, 3])
+        ensemble_jobs(config, layout, [0, 1], [0, 3])
     with pytest.raises(ConfigError, match="must be distinct"):
-        bench.ensemble_jobs([3, 3])
-    jobs = bench.ensemble_jobs([3, 4])
+        ensemble_jobs(config, layout, [0, 1], [3, 3])
+    jobs = ensemble_jobs(config, layout, [0, 1], [3, 4])
     assert [j.job.seed for j in jobs] == [3, 4] and jobs[0].job.run_dir == tmp_path / "ensemble" / "seed_3"
-    assert jobs[0].steps == bench.full_job().steps
+    full = full_job(config, layout, [0, 1])
+    assert jobs[0].steps == full.steps and jobs[0].job.indices_file == full.job.indices_file
+    assert read_index_file(full.job.indices_file) == [0, 1]
 
 
 def _trainer():
@@ -183,11 +185,12 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     trak_sweep = [r for r in results["lds"] if (r["method"], r["target"]) == ("trak", "loss")]
     kfac_sweep = [r for r in results["lds"] if (r["method"], r["target"], r["approx"], r["num_draws"]) ==
                   ("kfac", "loss", "loss", trak_sweep[0]["num_draws"])]  # same S
-    trak_held_out, kfac_held_out = cross_fitted(trak_sweep), cross_fitted(kfac_sweep)  # damping not chosen on them
-    assert paired["trak", "loss"]["mean"] == pytest.approx(np.mean(np.array(trak_held_out["per_query"])
-                                                                   - np.array(kfac_held_out["per_query"])))
+    trak_held_out, kfac_held_out = (cross_fitted([SimpleNamespace(**r) for r in sweep])  # damping not chosen on them
+                                    for sweep in (trak_sweep, kfac_sweep))
+    assert paired["trak", "loss"]["mean"] == pytest.approx(np.mean(np.array(trak_held_out.per_query)
+                                                                   - np.array(kfac_held_out.per_query)))
     trak_row = next(c for c in results["comparison"] if (c["method"], c["target"]) == ("trak", "loss"))
-    assert trak_row["selected"]["dampings"] == trak_held_out["dampings"]
+    assert trak_row["selected"]["dampings"] == trak_held_out.dampings
     assert all(len(r["folds"]) == 2 and len(r["folds"][0]) == len(r["per_query"]) for r in results["lds"])
     spread = [r for r in results["lds"] if r["method"] == "kfac" and r["num_draws"] == 2]  # 4 groups: 2 sets of 2
     assert spread and all(len(r["draw_sets"]["lds"]) == 2 and r["draw_sets"]["lds"][0] == pytest.approx(r["mean"])

@@ -213,8 +213,8 @@ def test_draw_set_spread_is_zero_for_equal_draw_sets_and_grows_with_noise():
     targets = predicted_changes(signal, masks) + 1e-3 * torch.randn(num_subsets, num_queries, generator=g,
                                                                       dtype=torch.float64)
     same = draw_set_spread([signal.numpy()] * 3, masks, targets)
-    assert same["sd"] == 0.0 and len(same["lds"]) == 3 and same["lds"][0] > 0.9
+    assert same.sd == 0.0 and len(same.lds) == 3 and same.lds[0] > 0.9
     noisy = [(signal + 3 * torch.randn(num_train, num_queries, generator=g, dtype=torch.float64)).numpy()
              for _ in range(4)]
     spread = draw_set_spread(noisy, masks, targets)
-    assert spread["sd"] > 0.02 and max(spread["lds"]) < same["lds"][0]
+    assert spread.sd > 0.02 and max(spread.lds) < same.lds[0]

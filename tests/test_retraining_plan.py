@@ -14,14 +14,17 @@ from lit_attr.errors import ConfigError, DataError, StoreMismatchError
 from lit_attr.evaluation.job_share import JobShare
 from lit_attr.metrics import RetrainingWithoutTopInfluences, random_removal, top_influence_removal
 from lit_attr.metrics.retraining import remaining_positions
-from lit_attr.evaluation.jobs import (
-    SeedingProtocol,
-    job_done,
-    mark_job_done,
-    plan_retraining,
-    scale_steps,
-    training_seed,
+from lit_attr.evaluation.jobs import SeedingProtocol, job_done, mark_job_done, scale_steps, training_seed
+from lit_attr.evaluation.config import (
+    BenchmarkConfig,
+    MethodConfig,
+    QueriesConfig,
+    RemovalConfig,
+    RetrainingConfig,
+    SubsetsConfig,
 )
+from lit_attr.evaluation.layout import BenchmarkLayout
+from lit_attr.evaluation.plans import lds_jobs, plan_retraining, removal_jobs
 from lit_attr.evaluation.subsets import (
     create_subsets,
     read_subsets,
@@ -107,6 +110,45 @@ def test_plan_shards_cover_every_job_once_and_skip_done(tmp_path):
     create_subsets(tmp_path, num_train=8, num_subsets=5, seed=1, overwrite=True)
     with pytest.raises(StoreMismatchError, match="another version of"):
         plan_retraining(tmp_path, 2, "independent", 7)
+
+
+def test_lds_plan_gives_extra_seeds_to_the_first_subsets_only(tmp_path):
+    create_subsets(tmp_path, num_train=8, num_subsets=4, fraction=0.5, seed=0)
+    config = BenchmarkConfig(root=str(tmp_path), subsets=SubsetsConfig(num_subsets=4, fraction=0.5),
+                             retraining=RetrainingConfig(full_steps=10, base_seed=7, num_seeds=2, extra_seed_subsets=1))
+    jobs = lds_jobs(config, BenchmarkLayout(tmp_path), num_train=8)
+    assert [(j.job.subset_index, j.job.slot) for j in jobs] == [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1)]
+    planned = plan_retraining(tmp_path, 2, "common", 7)
+    assert [j.job for j in jobs] == [j for j in planned if j.slot == 0 or j.subset_index < 1]
+    assert {j.steps for j in jobs} == {5} and jobs[-1].label == "subset 000 seed 1"
+
+
+def test_removal_plan_order_folders_and_index_files(tmp_path):
+    train_indices = [100 + j for j in range(10)]
+    scores = {"kfac": np.arange(20.0).reshape(10, 2), "pixel": -np.arange(20.0).reshape(10, 2) + 10}
+    removal = RemovalConfig(queries=[1], fractions=[0.2, 0.3], methods=["pixel", "kfac"], control_seed=4)
+    methods = [MethodConfig(name="kfac"), MethodConfig(name="pixel", kind="pixel")]
+    config = BenchmarkConfig(root=str(tmp_path), methods=methods,
+                             retraining=RetrainingConfig(full_steps=20, base_seed=3),
+                             queries=QueriesConfig(num_generated=2), removal=removal)
+    called = []
+    jobs = removal_jobs(config, BenchmarkLayout(tmp_path), train_indices,
+                        lambda method: called.append(method.name) or scores[method.name])
+    assert called == ["pixel", "kfac"]
+    assert [j.label for j in jobs] == [f"removal {m} {n}" for m in ("pixel", "kfac")
+                                       for n in ("q001_top_0.2", "random_0.2", "q001_top_0.3", "random_0.3")]
+    assert [(j.job.subset_index, j.job.slot, j.job.seed) for j in jobs[:4]] == [(1, 0, 3), (-1, 0, 3), (1, 1, 3),
+                                                                                  (-1, 1, 3)]
+    first = jobs[0].job
+    assert first.run_dir == tmp_path / "removal" / "pixel" / "q001_top_0.2" / "run"
+    assert first.indices_file == first.run_dir.parent / "indices.txt"
+    removed = top_influence_removal(torch.from_numpy(scores["pixel"]), 0.2, 1)
+    kept = remaining_positions(10, removed).tolist()
+    assert read_index_file(first.indices_file) == [100 + p for p in kept]
+    assert jobs[0].steps == scale_steps(20, 10, len(kept))
+    control = remaining_positions(10, random_removal(10, 0.3, seed=4 + 1)).tolist()
+    assert read_index_file(jobs[3].job.indices_file) == [100 + p for p in control]
+    assert removal_jobs(BenchmarkConfig(root=str(tmp_path)), BenchmarkLayout(tmp_path), train_indices, None) == []
 
 
 def test_scale_steps_keeps_epochs():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from lit_attr.constants import FACTORS_DIR, FACTORS_FILE
 from lit_attr.curvature.fisher import FisherType
 from lit_attr.curvature.kfac import KFACApprox, KFACFactors
 from lit_attr.errors import DamagedOutputError
+from lit_attr.storage import write_atomic
 
 REFIT_FIX = "delete the file or rerun attribute.py with --model.overwrite true to refit it."
 FACTORS_KEY = "lit_attr_factors"
@@ -64,9 +64,7 @@ def save_factors(path: str | Path, factors: KFACFactors, metadata: dict | None =
     }
     extra = metadata if metadata is not None else factors.metadata
     meta = {FACTORS_KEY: json.dumps(info), METADATA_KEY: json.dumps(extra), CHECKSUM_KEY: _tensors_checksum(tensors)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_factors(path: str | Path, device: str | torch.device = "cpu") -> KFACFactors:

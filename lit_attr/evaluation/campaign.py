@@ -1,8 +1,8 @@
 """The stages of a benchmark run, each resumable: full model, queries, subsets, retraining, scoring, removal.
 
 ``Benchmark`` coordinates them over one folder (paths: ``lit_attr.evaluation.layout``); the subsets are
-written by ``lit_attr.evaluation.subsets``, the retraining plan and done markers are
-``lit_attr.evaluation.jobs``, and the models are trained and measured by ``lit_attr.evaluation.runner``.
+written by ``lit_attr.evaluation.subsets``, the models to train are planned by ``lit_attr.evaluation.plans``,
+and trained and measured by ``lit_attr.evaluation.runner``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import numpy as np
 import torch
 
 from lit_attr.attribution.queries import QueryConfig, QuerySet, build_queries
-from lit_attr.constants import DONE_FILE, MEASUREMENTS_FILE, MODEL_FILE, QUERIES_FILE, SUBSET_INDICES_FILE
+from lit_attr.constants import DONE_FILE, MEASUREMENTS_FILE, MODEL_FILE, QUERIES_FILE
 from lit_attr.data.datasets import DatasetConfig
-from lit_attr.data.index_files import write_index_file
 from lit_attr.data.indexed import IndexedDataset
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
-from lit_attr.evaluation.jobs import RetrainJob, TrainingJob, job_done, plan_retraining, scale_steps
+from lit_attr.evaluation.jobs import TrainingJob, job_done
 from lit_attr.evaluation.layout import REUSABLE, BenchmarkLayout
+from lit_attr.evaluation.plans import ensemble_jobs, lds_jobs
 from lit_attr.evaluation.runner import run_jobs
 from lit_attr.evaluation.subsets import create_subsets, read_subsets, read_subsets_manifest, subsets_exist
 from lit_attr.methods.base import ScoreSet
-from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
 from lit_attr.pipeline_io import load_ddpm_module
+from lit_attr.storage import write_atomic
 
 
 class Benchmark:
@@ -67,24 +67,7 @@ class Benchmark:
     def num_train(self) -> int:
         return len(self.dataset)
 
-    # ------------------------------------------------------------------ full model and queries
-    def full_job(self) -> TrainingJob:
-        indices = self.layout.full_indices_file
-        if not indices.exists():
-            indices.parent.mkdir(parents=True, exist_ok=True)
-            write_index_file(indices, list(self.dataset.indices))
-        job = RetrainJob(-1, 0, self.config.retraining.base_seed, indices, self.layout.full_dir)
-        return TrainingJob(job, self.config.retraining.full_steps, "full model")
-
-    def ensemble_jobs(self, seeds: list[int]) -> list[TrainingJob]:
-        """Extra full-data models (same recipe and steps, seed ``s``) of a method's ensemble: ``ensemble/seed_{s}``."""
-        full = self.full_job()
-        if full.job.seed in seeds or len(set(seeds)) < len(seeds):
-            raise ConfigError(f"ensemble_seeds {seeds} must be distinct and differ from retraining.base_seed "
-                              f"({full.job.seed}, the full model's seed, which is always a member).")
-        return [TrainingJob(RetrainJob(-1, 0, seed, full.job.indices_file, self.layout.ensemble_dir(seed)),
-                            full.steps, f"ensemble model seed {seed}") for seed in seeds]
-
+    # ------------------------------------------------------------------ queries
     def queries(self) -> QuerySet:
         """Generate (once) the queries with the full model: ``root/queries.pt``."""
         path = self.layout.queries_file
@@ -96,11 +79,9 @@ class Benchmark:
                                   f"for {q.num_generated} with seed {q.seed}; use another root (the models were "
                                   "measured on the stored queries).")
             return queries
-        ddpm = load_ddpm_module(self.full_job().job.run_dir / MODEL_FILE)
+        ddpm = load_ddpm_module(self.layout.full_dir / MODEL_FILE)
         queries = build_queries(QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), ddpm, self.dataset)
-        tmp = path.with_name(path.name + ".tmp")
-        queries.save(tmp)
-        tmp.replace(path)
+        write_atomic(path, queries.save)
         return queries
 
     # ------------------------------------------------------------------ LDS retraining
@@ -118,16 +99,6 @@ class Benchmark:
         create_subsets(self.root, self.num_train, s.num_subsets, s.fraction, s.seed,
                        train_indices=list(self.dataset.indices))
 
-    def lds_jobs(self) -> list[TrainingJob]:
-        """Every LDS model, slot-major; slots >= 1 only on the first ``extra_seed_subsets`` subsets."""
-        r, s = self.config.retraining, self.config.subsets
-        extra = s.num_subsets if r.extra_seed_subsets is None else r.extra_seed_subsets
-        jobs = plan_retraining(self.root, r.num_seeds, r.protocol, r.base_seed, skip_done=False)
-        size = round(s.fraction * self.num_train)
-        steps = scale_steps(r.full_steps, self.num_train, size)
-        return [TrainingJob(j, steps, f"subset {j.subset_index:03d} seed {j.slot}") for j in jobs
-                if j.slot == 0 or j.subset_index < extra]
-
     # ------------------------------------------------------------------ running jobs
     def run_jobs(self, jobs: list[TrainingJob], workers: int = 1, stage: str = "lds") -> None:
         """Train and measure every job that is not done (``lit_attr.evaluation.runner.run_jobs``)."""
@@ -136,7 +107,7 @@ class Benchmark:
     # ------------------------------------------------------------------ measurements
     def full_measurements(self) -> torch.Tensor:
         """(3, len(measurements), Q) of the full model (all draws, half 1, half 2)."""
-        return self._measurements(self.full_job().job.run_dir)
+        return self.run_measurements(self.layout.full_dir)
 
     def lds_measurements(self) -> torch.Tensor:
         """float64 (M, K, 3, len(measurements), Q), NaN where a model is missing."""
@@ -144,12 +115,17 @@ class Benchmark:
         shape = (s.num_subsets, r.num_seeds, 3, len(self.config.true_measurements.measurements),
                  self.config.queries.num_generated)
         out = torch.full(shape, float("nan"), dtype=torch.float64)
-        for job in self.lds_jobs():
+        for job in lds_jobs(self.config, self.layout, self.num_train):
             if job_done(job.job):
-                out[job.job.subset_index, job.job.slot] = self._measurements(job.job.run_dir)
+                out[job.job.subset_index, job.job.slot] = self.run_measurements(job.job.run_dir)
         return out
 
-    def _measurements(self, run_dir: Path) -> torch.Tensor:
+    def run_measurements(self, run_dir: Path) -> torch.Tensor:
+        """(3, len(measurements), Q) true measurements of the model in ``run_dir`` (all draws, half 1, half 2).
+
+        Raises:
+            ConfigError: if they were measured with other ``true_measurements`` settings.
+        """
         stored = torch.load(run_dir / MEASUREMENTS_FILE, weights_only=True)
         t = self.config.true_measurements
         if stored["measurements"] != list(t.measurements) or stored["num_draws"] != t.num_draws or stored["seed"] != t.seed:
@@ -170,10 +146,10 @@ class Benchmark:
         if not (out / QUERIES_FILE).exists():
             self.queries()
             shutil.copyfile(self.layout.queries_file, out / QUERIES_FILE)
-        members = self.ensemble_jobs(method.ensemble_seeds)
+        members = ensemble_jobs(self.config, self.layout, self.dataset.indices, method.ensemble_seeds)
         if members:
             self.run_jobs(members, stage=f"ensemble {method.name}")
-        inputs = ScoringInputs(checkpoint=self.full_job().job.run_dir / MODEL_FILE, output_dir=out,
+        inputs = ScoringInputs(checkpoint=self.layout.full_dir / MODEL_FILE, output_dir=out,
                                curvature_dir=self.layout.curvature_dir, data=self.data_settings(),
                                queries=self.config.queries, dataset=self.dataset,
                                query_images=lambda: self.queries().images,
@@ -187,38 +163,6 @@ class Benchmark:
         return method_for(method).score_sets(self.method_dir(method))
 
     # ------------------------------------------------------------------ removal
-    def removal_jobs(self) -> list[TrainingJob]:
-        """Per removal method: models without each tested query's top influences, and a random control per fraction."""
-        rem = self.config.removal
-        if not rem.queries:
-            return []
-        jobs = []
-        for name in rem.methods:
-            method = next(m for m in self.config.methods if m.name == name)
-            jobs += self._removal_jobs_of(method)
-        return jobs
-
-    def _removal_jobs_of(self, method: MethodConfig) -> list[TrainingJob]:
-        rem = self.config.removal
-        scores = torch.from_numpy(self.removal_scores(method))
-        base = self.layout.removal_dir(method.name)
-        jobs = []
-        for f_index, fraction in enumerate(rem.fractions):
-            picks = [(q, top_influence_removal(scores, fraction, q), f"q{q:03d}_top_{fraction:g}")
-                     for q in rem.queries]
-            picks.append((-1, random_removal(self.num_train, fraction, rem.control_seed + f_index),
-                          f"random_{fraction:g}"))
-            for q, removed, name in picks:
-                keep = remaining_positions(self.num_train, removed)
-                indices = base / name / SUBSET_INDICES_FILE
-                if not indices.exists():
-                    indices.parent.mkdir(parents=True, exist_ok=True)
-                    write_index_file(indices, [int(self.dataset.indices[p]) for p in keep.tolist()])
-                steps = scale_steps(self.config.retraining.full_steps, self.num_train, len(keep))
-                job = RetrainJob(q, f_index, self.config.retraining.base_seed, indices, base / name / "run")
-                jobs.append(TrainingJob(job, steps, f"removal {method.name} {name}"))
-        return jobs
-
     def removal_scores(self, method: MethodConfig) -> np.ndarray:
         """(N, Q) scores that pick the removed examples: ``removal.measurement`` (or the method's own function,
         e.g. pixel cosine) at ``removal.num_draws``, at the damping with the best mean LDS over all LDS subsets

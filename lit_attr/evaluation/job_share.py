@@ -1,8 +1,8 @@
 """``JobShare``: the one way to cut a benchmark's training jobs into shares for several machines or workers.
 
 ``evaluate.py retrain --start S --count C --worker w --num_workers W`` trains the jobs
-``jobs[S:S + C][w::W]`` of the full, slot-major list (``Benchmark.lds_jobs`` / ``removal_jobs``).
-Shares are cut before finished jobs are skipped, so a share names the same jobs however far the
+``jobs[S:S + C][w::W]`` of the full list of a stage's plan (``lit_attr.evaluation.plans``: ``lds_jobs`` /
+``removal_jobs``). Shares are cut before finished jobs are skipped, so a share names the same jobs however far the
 benchmark has got.
 """
 

@@ -1,4 +1,4 @@
-"""The retraining plan behind the LDS benchmark: seeding protocol, jobs, done markers and step counts.
+"""The models a benchmark trains: seeding protocol, jobs, done markers and step counts.
 
 Mlodozeniec et al., section 4 (eq. 13) and App. G.5-G.7, after Park et al. (2023): K models per
 subset D_i (``lit_attr.evaluation.subsets``) with different seeds (K = 5), each trained for the same
@@ -8,6 +8,8 @@ Layout under one benchmark ``root``::
 
     retrain/subset_{i:03d}/seed_{k}/          run folder of seed slot k of subset i
     retrain/subset_{i:03d}/seed_{k}/done.json written last by ``mark_job_done``
+
+The plans (which jobs, in which order) are ``lit_attr.evaluation.plans``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from typing import Any
 
 from lit_attr.constants import DONE_FILE
 from lit_attr.errors import ConfigError, StoreMismatchError
-from lit_attr.evaluation.layout import BenchmarkLayout
-from lit_attr.evaluation.subsets import file_sha256, read_subsets_manifest, subset_indices_path
+from lit_attr.evaluation.subsets import file_sha256
 from lit_attr.storage import read_json, write_json_atomic
 
 
@@ -80,39 +81,6 @@ class TrainingJob:
     job: RetrainJob
     steps: int
     label: str
-
-
-def plan_retraining(
-    root: str | Path,
-    num_seeds: int,
-    protocol: SeedingProtocol | str = SeedingProtocol.INDEPENDENT,
-    base_seed: int = 0,
-    skip_done: bool = True,
-) -> list[RetrainJob]:
-    """The retraining jobs, minus finished ones unless ``skip_done`` is false.
-
-    The list is slot-major: ``(subset 0, slot 0), (subset 1, slot 0), ..., (subset 0, slot 1), ...``,
-    so an interrupted campaign first completes one model per subset. ``evaluation.job_share.JobShare``
-    cuts it into shares (from the full list, before done jobs are skipped).
-
-    Args:
-        root: benchmark folder with written subsets (``write_subsets``).
-        num_seeds: K, models per subset.
-        protocol: seeding protocol (``SeedingProtocol`` or its string value).
-        base_seed: seed of the protocol.
-        skip_done: leave out jobs whose ``done.json`` exists (``job_done``).
-
-    Raises:
-        ConfigError: for ``num_seeds < 1``.
-        DataError: if the subsets are not written yet.
-    """
-    if num_seeds < 1:
-        raise ConfigError(f"Need num_seeds >= 1 models per subset, got num_seeds={num_seeds}.")
-    num_subsets = read_subsets_manifest(root)["num_subsets"]
-    pairs = [(i, k) for k in range(num_seeds) for i in range(num_subsets)]
-    jobs = [RetrainJob(i, k, training_seed(protocol, base_seed, i, k, num_seeds), subset_indices_path(root, i),
-                       BenchmarkLayout.of(root).retrain_dir(i, k)) for i, k in pairs]
-    return [job for job in jobs if not (skip_done and job_done(job))]
 
 
 def job_done(job: RetrainJob) -> bool:

@@ -13,6 +13,7 @@ Layout::
     methods/<name>/                     scores of each method
     curvature/                          K-FAC factors shared by methods with equal settings
     removal/<method>/<name>/            indices.txt and run/ of a model retrained without top influences
+                                        (name: q{q:03d}_top_{f:g}, or random_{f:g} for the control)
     results.json, results.md, *.png     the report (``lit_attr.evaluation.results``), tensorboard/ its events
 """
 
@@ -103,3 +104,10 @@ class BenchmarkLayout:
     def removal_dir(self, method_name: str) -> Path:
         """``removal/<method>``: one folder per tested query and fraction, and the random controls."""
         return self.removal_root / method_name
+
+    def removal_run_dir(self, method_name: str, query: int, fraction: float) -> Path:
+        """``removal/<method>/q{q:03d}_top_{f:g}/run``: the model without query q's top fraction f of influences;
+        ``removal/<method>/random_{f:g}/run`` for ``query = -1``, the random control. Its ``indices.txt`` is
+        beside ``run/``."""
+        name = f"q{query:03d}_top_{fraction:g}" if query >= 0 else f"random_{fraction:g}"
+        return self.removal_dir(method_name) / name / "run"

@@ -14,10 +14,11 @@ from lit_attr.metrics.lds import predicted_changes
 if TYPE_CHECKING:
     from lit_attr.evaluation.campaign import Benchmark
     from lit_attr.evaluation.results import BenchmarkOutcomes
+    from lit_attr.evaluation.rows import LDSRow, Results
 
 
-def benchmark_figures(bench: Benchmark, results: dict[str, Any], outcomes: BenchmarkOutcomes,
-                      headline_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def benchmark_figures(bench: Benchmark, results: Results, outcomes: BenchmarkOutcomes,
+                      headline_rows: list[LDSRow]) -> dict[str, Any]:
     """Matplotlib figures of a benchmark's results, by file stem.
 
     ``lds_bars``: LDS per method and target at the default and best damping (and the oracle);
@@ -28,7 +29,7 @@ def benchmark_figures(bench: Benchmark, results: dict[str, Any], outcomes: Bench
         bench: the benchmark (its methods' scores feed the scatter plot).
         results: ``compute_results`` output.
         outcomes: the retrained models' subsets (masks) and true measurements.
-        headline_rows: per method and target, the row at the most draws (``results._headline_rows``).
+        headline_rows: per method and target, the row at the most draws (``results.headline_rows``).
     """
     import matplotlib
 
@@ -37,21 +38,21 @@ def benchmark_figures(bench: Benchmark, results: dict[str, Any], outcomes: Bench
 
     figures = {}
     rows = headline_rows
-    targets = [t for t in results["diagnostics"] if not is_timestep_measurement(t)]
-    fig, axes = plt.subplots(1, len(targets), figsize=(0.5 + 0.45 * len(results["comparison"]), 3.4), squeeze=False)
+    targets = [t for t in results.diagnostics if not is_timestep_measurement(t)]
+    fig, axes = plt.subplots(1, len(targets), figsize=(0.5 + 0.45 * len(results.comparison), 3.4), squeeze=False)
     for ax, target in zip(axes[0], targets):
-        sel = [c for c in results["comparison"] if c["target"] == target]
-        labels = [c["method"] for c in sel]
-        best = [c["best"] for c in sel]
-        default = [c["default"] for c in sel]
-        oracle = results["diagnostics"][target].get("oracle_lds")
+        sel = [c for c in results.comparison if c.target == target]
+        labels = [c.method for c in sel]
+        best = [c.best for c in sel]
+        default = [c.default for c in sel]
+        oracle = results.diagnostics[target].oracle_lds
         if oracle:
             labels.append("oracle")
             best.append(oracle)
             default.append(oracle)
         x = range(len(labels))
-        ax.bar(x, [b["mean"] for b in best], color="C0", alpha=0.35, label="best damping")
-        ax.bar(x, [d["mean"] for d in default], yerr=[d["stderr"] for d in default], width=0.5,
+        ax.bar(x, [b.mean for b in best], color="C0", alpha=0.35, label="best damping")
+        ax.bar(x, [d.mean for d in default], yerr=[d.stderr for d in default], width=0.5,
                color=["C0"] * len(sel) + ["C7"] * (len(labels) - len(sel)), label="default damping")
         ax.axhline(0, color="k", linewidth=0.5)
         ax.set_xticks(x, labels, rotation=35, ha="right")
@@ -59,15 +60,15 @@ def benchmark_figures(bench: Benchmark, results: dict[str, Any], outcomes: Bench
         ax.set_ylabel("LDS (Spearman)")
         ax.legend(fontsize=7)
     figures["lds_bars"] = fig
-    swept = sorted({r["method"] for r in results["lds"] if not r["default_damping"]})
+    swept = sorted({r.method for r in results.lds if not r.default_damping})
     if swept:
         fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.2), squeeze=False)
         for ax, target in zip(axes[0], targets):
             for method in swept:
-                head = next(r for r in rows if r["method"] == method and r["target"] == target)
-                curve = sorted((r["damping"], r["mean"]) for r in results["lds"] if r["method"] == method
-                               and r["target"] == target and r["approx"] == head["approx"]
-                               and r["num_draws"] == head["num_draws"] and r["damping"] > 0)
+                head = next(r for r in rows if r.method == method and r.target == target)
+                curve = sorted((r.damping, r.mean) for r in results.lds if r.method == method
+                               and r.target == target and r.approx == head.approx
+                               and r.num_draws == head.num_draws and r.damping > 0)
                 ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", label=method)
             ax.set_xscale("log")
             ax.set_xlabel("damping (mean-loss GGN units)")
@@ -75,7 +76,7 @@ def benchmark_figures(bench: Benchmark, results: dict[str, Any], outcomes: Bench
             ax.set_title(f"target {target}")
             ax.legend(fontsize=7)
         figures["damping"] = fig
-    method = next(m for m in bench.config.methods if m.name not in results["missing_methods"])
+    method = next(m for m in bench.config.methods if m.name not in results.missing_methods)
     first = max(bench.score_sets(method), key=lambda s: s.draws)
     scores = first.scores[:, 0, 0]
     predicted = predicted_changes(torch.from_numpy(scores).double(), outcomes.masks)
@@ -92,18 +93,18 @@ def benchmark_figures(bench: Benchmark, results: dict[str, Any], outcomes: Bench
             ax.set_ylabel(f"retrained {measured_names[target_index]}")
     fig.suptitle(f"{method.name}: predicted vs actual per subset")
     figures["scatter"] = fig
-    for table in results.get("substitution", [])[:1]:
-        mean = np.array(table["mean"])
-        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(table["targets"]), 0.8 + 0.5 * len(table["approx"])))
+    for table in results.substitution[:1]:
+        mean = np.array(table.mean)
+        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(table.targets), 0.8 + 0.5 * len(table.approx)))
         limit = max(0.05, float(np.nanmax(np.abs(mean))))
         image = ax.imshow(mean, cmap="RdBu", vmin=-limit, vmax=limit)
         for (a, t), value in np.ndenumerate(mean):
             ax.text(t, a, f"{value:.2f}", ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(table["targets"])), table["targets"], rotation=30, ha="right")
-        ax.set_yticks(range(len(table["approx"])), table["approx"])
+        ax.set_xticks(range(len(table.targets)), table.targets, rotation=30, ha="right")
+        ax.set_yticks(range(len(table.approx)), table.approx)
         ax.set_xlabel("target (retrained measurement)")
         ax.set_ylabel("scores from")
-        ax.set_title(f"{table['method']}: measurement substitution (LDS)")
+        ax.set_title(f"{table.method}: measurement substitution (LDS)")
         fig.colorbar(image, ax=ax)
         figures["substitution"] = fig
     return figures

@@ -13,7 +13,7 @@ import torch
 from lit_attr.attribution.projected import load_projected_features
 from lit_attr.baselines.trak import trak_scores
 from lit_attr.constants import METADATA_FILE, TRAK_SCORES_FILE
-from lit_attr.storage import read_json
+from lit_attr.storage import read_json, write_atomic
 
 
 def finish_projected_scores(output_dir: str | Path, report_draws: list[int], draws_per_group: int,
@@ -33,9 +33,7 @@ def finish_projected_scores(output_dir: str | Path, report_draws: list[int], dra
     arrays["report_draws"] = np.asarray(report_draws, dtype=np.int64)
     arrays["dampings"] = np.asarray(dampings, dtype=np.float64)
     path = output_dir / TRAK_SCORES_FILE
-    tmp = output_dir / ("partial_" + TRAK_SCORES_FILE)
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
     return path
 
 

@@ -18,20 +18,34 @@ The report files (JSON, markdown, PNG, TensorBoard) are written by ``lit_attr.ev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from lit_attr.constants import DONE_FILE
 from lit_attr.evaluation.campaign import Benchmark
+from lit_attr.evaluation.config import MethodConfig
+from lit_attr.evaluation.rows import (
+    NA,
+    ComparisonRow,
+    DampedStat,
+    Diagnostics,
+    DrawSetSpread,
+    LDSRow,
+    LDSValue,
+    PairedDifference,
+    RemovalRow,
+    Results,
+    Stat,
+    SubstitutionTable,
+)
 from lit_attr.evaluation.selection import cross_fitted, fold_masks
 from lit_attr.evaluation.subsets import read_subsets
 from lit_attr.measurements import is_timestep_measurement
+from lit_attr.methods.base import ScoreSet
 from lit_attr.metrics.lds import (
     LinearDatamodelingScore,
     exact_retraining_lds,
-    mean_and_stderr,
     seed_reliability,
     spearman_per_query,
     split_half_reliability,
@@ -40,19 +54,14 @@ from lit_attr.metrics.lds import (
 from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences
 
 
-def _stat(values: torch.Tensor) -> dict[str, float]:
-    mean, stderr = mean_and_stderr(values)
-    return {"mean": float(mean), "stderr": float(stderr)}
-
-
-def lds(scores: np.ndarray, masks: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+def lds(scores: np.ndarray, masks: torch.Tensor, targets: torch.Tensor) -> LDSValue:
     """LDS (mean, s.e., per query) of (N, Q) scores against (M, K, Q) measurements, and ``folds``: the
     per-query LDS on each fold of the subsets (``lit_attr.evaluation.selection``)."""
     scores_t = torch.from_numpy(np.ascontiguousarray(scores)).double()
     out = _lds(scores_t, masks, targets)
     folds = [_lds(scores_t, masks[f], targets[f])["lds_per_query"] for f in fold_masks(len(masks))]
-    return {"mean": float(out["mean"]), "stderr": float(out["stderr"]),
-            "per_query": [float(v) for v in out["lds_per_query"]], "folds": [[float(v) for v in f] for f in folds]}
+    return LDSValue(float(out["mean"]), float(out["stderr"]), [float(v) for v in out["lds_per_query"]],
+                    [[float(v) for v in f] for f in folds])
 
 
 def _lds(scores: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -61,13 +70,13 @@ def _lds(scores: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> di
     return metric.compute()
 
 
-def draw_set_spread(draw_sets: list[np.ndarray], masks: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+def draw_set_spread(draw_sets: list[np.ndarray], masks: torch.Tensor, targets: torch.Tensor) -> DrawSetSpread:
     """LDS of the (N, Q) scores of each disjoint set of training draws and their standard deviation: how far the
     benchmark's number moves when only the (timestep, noise) draws change (the queries' s.e. does not show it, as
     every query shares the training draws)."""
     values = [float(_lds(torch.from_numpy(np.ascontiguousarray(s)).double(), masks, targets)["mean"])
               for s in draw_sets]
-    return {"lds": values, "sd": float(np.std(values, ddof=1))}
+    return DrawSetSpread(values, float(np.std(values, ddof=1)))
 
 
 @dataclass
@@ -87,132 +96,134 @@ class BenchmarkOutcomes:
         return cls(subsets_to_masks(read_subsets(bench.root), bench.num_train), bench.lds_measurements())
 
 
-def compute_results(bench: Benchmark, outcomes: BenchmarkOutcomes | None = None) -> dict[str, Any]:
+def compute_results(bench: Benchmark, outcomes: BenchmarkOutcomes | None = None) -> Results:
     """Everything the report shows, from the finished stages of ``bench``."""
     cfg = bench.config
     outcomes = outcomes or BenchmarkOutcomes.load(bench)
-    masks, measured = outcomes.masks, outcomes.measured
+    measured = outcomes.measured
     targets = list(cfg.true_measurements.measurements)
     have = ~measured[:, :, 0, 0, 0].isnan()
-    results: dict[str, Any] = {
-        "protocol": cfg.retraining.protocol, "num_subsets": int(have[:, 0].sum()),
-        "num_subsets_with_two_seeds": int(have.all(1).sum()) if measured.shape[1] > 1 else 0,
-        "num_queries": cfg.queries.num_generated, "num_train": bench.num_train, "diagnostics": {}, "lds": [],
-    }
-    for t, target in enumerate(targets):
-        diag: dict[str, Any] = {"measurement_mc_reliability": _stat(spearman_per_query(measured[:, 0, 1, t],
-                                                                                        measured[:, 0, 2, t]))}
-        if results["num_subsets_with_two_seeds"] >= 3:
-            diag["seed_reliability"] = _stat(seed_reliability(measured[:, :, 0, t]))
-            diag["oracle_lds"] = _stat(exact_retraining_lds(measured[:, :, 0, t]))
-        results["diagnostics"][target] = diag
-    results["missing_methods"] = []
+    two_seeds = int(have.all(1).sum()) if measured.shape[1] > 1 else 0
+    rows, missing = [], []
     for method in cfg.methods:
         try:
             score_sets = bench.score_sets(method)
         except (FileNotFoundError, RuntimeError, KeyError):
-            results["missing_methods"].append(method.name)  # not scored yet: `evaluate.py run` scores it
+            missing.append(method.name)  # not scored yet: `evaluate.py run` scores it
             continue
         for score_set in score_sets:
-            for a, approx in enumerate(score_set.approx):
-                for d, damping in enumerate(score_set.dampings):
-                    split = {"mean": float("nan"), "stderr": float("nan")}
-                    if score_set.half_a is not None:
-                        split = _stat(split_half_reliability(torch.from_numpy(score_set.half_a[:, a, d]).double(),
-                                                             torch.from_numpy(score_set.half_b[:, a, d]).double(),
-                                                             masks))
-                    for t, target in enumerate(targets):
-                        row = {"method": method.name, "kind": method.kind, "draw_scheme": method.draw_scheme,
-                               "num_draws": score_set.draws, "target": target, "approx": approx,
-                               "damping": damping, "default_damping": d == 0, "split_half": split,
-                               **lds(score_set.scores[:, a, d], masks, measured[:, :, 0, t])}
-                        if score_set.draw_sets:
-                            row["draw_sets"] = draw_set_spread([s[:, a, d] for s in score_set.draw_sets], masks,
-                                                               measured[:, :, 0, t])
-                        results["lds"].append(row)
-    results["comparison"] = comparison(results, cfg.reference_method)
-    results["substitution"] = substitution_tables(results)
-    results["removal"] = removal_results(bench)
-    return results
+            rows += lds_rows(method, score_set, outcomes, targets)
+    return Results(protocol=cfg.retraining.protocol, num_subsets=int(have[:, 0].sum()),
+                   num_subsets_with_two_seeds=two_seeds, num_queries=cfg.queries.num_generated,
+                   num_train=bench.num_train, diagnostics=diagnostics(measured, targets, two_seeds >= 3),
+                   lds=rows, missing_methods=missing, comparison=comparison(rows, cfg.reference_method),
+                   substitution=substitution_tables(rows), removal=removal_results(bench))
 
 
-def substitution_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
+def diagnostics(measured: torch.Tensor, targets: list[str], with_seeds: bool) -> dict[str, Diagnostics]:
+    """Per target: measurement MC reliability of seed 0, and (``with_seeds``) seed reliability and oracle LDS
+    from the (M, K, 3, T, Q) ``measured`` values."""
+    out = {}
+    for t, target in enumerate(targets):
+        mc = Stat.of(spearman_per_query(measured[:, 0, 1, t], measured[:, 0, 2, t]))
+        if with_seeds:
+            out[target] = Diagnostics(mc, Stat.of(seed_reliability(measured[:, :, 0, t])),
+                                      Stat.of(exact_retraining_lds(measured[:, :, 0, t])))
+        else:
+            out[target] = Diagnostics(mc)
+    return out
+
+
+def lds_rows(method: MethodConfig, score_set: ScoreSet, outcomes: BenchmarkOutcomes,
+             targets: list[str]) -> list[LDSRow]:
+    """The LDS rows of one score set: per approximating measurement, damping and target."""
+    masks, measured = outcomes.masks, outcomes.measured
+    rows = []
+    for a, approx in enumerate(score_set.approx):
+        for d, damping in enumerate(score_set.dampings):
+            split = NA
+            if score_set.half_a is not None:
+                split = Stat.of(split_half_reliability(torch.from_numpy(score_set.half_a[:, a, d]).double(),
+                                                       torch.from_numpy(score_set.half_b[:, a, d]).double(), masks))
+            for t, target in enumerate(targets):
+                value = lds(score_set.scores[:, a, d], masks, measured[:, :, 0, t])
+                spread = None
+                if score_set.draw_sets:
+                    spread = draw_set_spread([s[:, a, d] for s in score_set.draw_sets], masks, measured[:, :, 0, t])
+                rows.append(LDSRow(method.name, method.kind, method.draw_scheme, score_set.draws, target, approx,
+                                   damping, d == 0, split, value.mean, value.stderr, value.per_query, value.folds,
+                                   spread))
+    return rows
+
+
+def substitution_tables(rows: list[LDSRow]) -> list[SubstitutionTable]:
     """The measurement-substitution tables (like the paper's Fig. 11), one per method scored with per-timestep
     measurements: LDS of every target (retrained and measured) when the scores use the gradient of each
-    approximating measurement, at the method's most draws and default damping.
-
-    Returns:
-        [{"method", "num_draws", "damping", "approx": [A names], "targets": [T names],
-          "mean": A x T, "stderr": A x T}]
-    """
+    approximating measurement, at the method's most draws and default damping."""
     tables = []
-    for method in dict.fromkeys(r["method"] for r in results["lds"]):
-        rows = [r for r in results["lds"] if r["method"] == method and r["default_damping"]]
-        if not any(is_timestep_measurement(r["approx"]) for r in rows):
+    for method in dict.fromkeys(r.method for r in rows):
+        own = [r for r in rows if r.method == method and r.default_damping]
+        if not any(is_timestep_measurement(r.approx) for r in own):
             continue
-        draws = max(r["num_draws"] for r in rows)
-        rows = [r for r in rows if r["num_draws"] == draws]
-        approx = list(dict.fromkeys(r["approx"] for r in rows))
-        targets = list(dict.fromkeys(r["target"] for r in rows))
-        cell = {(r["approx"], r["target"]): r for r in rows}
-        tables.append({"method": method, "num_draws": draws, "damping": rows[0]["damping"], "approx": approx,
-                       "targets": targets,
-                       "mean": [[cell[a, t]["mean"] for t in targets] for a in approx],
-                       "stderr": [[cell[a, t]["stderr"] for t in targets] for a in approx]})
+        draws = max(r.num_draws for r in own)
+        own = [r for r in own if r.num_draws == draws]
+        approx = list(dict.fromkeys(r.approx for r in own))
+        targets = list(dict.fromkeys(r.target for r in own))
+        cell = {(r.approx, r.target): r for r in own}
+        tables.append(SubstitutionTable(method, draws, own[0].damping, approx, targets,
+                                        [[cell[a, t].mean for t in targets] for a in approx],
+                                        [[cell[a, t].stderr for t in targets] for a in approx]))
     return tables
 
 
-def removal_results(bench: Benchmark) -> list[dict[str, Any]]:
+def removal_results(bench: Benchmark) -> list[RemovalRow]:
     """Per method and fraction: relative change of the measurement after removing each query's top influences,
     the random control, and the paired per-query difference to the first removal method (``vs_reference``)."""
     rem = bench.config.removal
-    jobs = bench.removal_jobs() if rem.queries else []
-    if not jobs or not all((j.job.run_dir / DONE_FILE).exists() for j in jobs):
+    runs = {(method, q, fraction): bench.layout.removal_run_dir(method, q, fraction)
+            for method in rem.methods for fraction in rem.fractions for q in [*rem.queries, -1]}
+    if not rem.queries or not all((run_dir / DONE_FILE).exists() for run_dir in runs.values()):
         return []
     t = list(bench.config.true_measurements.measurements).index(rem.measurement)
     full = bench.full_measurements()[0, t]
     queries = torch.tensor(rem.queries)
-    by_dir = {j.job.run_dir.parent.relative_to(bench.layout.removal_root).as_posix():
-              bench._measurements(j.job.run_dir)[0, t] for j in jobs}
+    measured = {key: bench.run_measurements(run_dir)[0, t] for key, run_dir in runs.items()}
     out = []
     for fraction in rem.fractions:
         reference = None
         for method in rem.methods:
             metric = RetrainingWithoutTopInfluences()
-            removed = torch.stack([by_dir[f"{method}/q{q:03d}_top_{fraction:g}"][q] for q in rem.queries])
-            metric.update(full[queries], removed, by_dir[f"{method}/random_{fraction:g}"][queries])
+            removed = torch.stack([measured[method, q, fraction][q] for q in rem.queries])
+            metric.update(full[queries], removed, measured[method, -1, fraction][queries])
             res = metric.compute()
-            row = {"fraction": fraction, "method": method, "measurement": rem.measurement,
-                   "mean": float(res["mean"]), "stderr": float(res["stderr"]),
-                   "control_mean": float(res["control_mean"]), "control_stderr": float(res["control_stderr"]),
-                   "per_query": [float(v) for v in res["relative_change"]]}
-            reference = reference or row
-            difference = torch.tensor(row["per_query"]) - torch.tensor(reference["per_query"])
-            mean, stderr = mean_and_stderr(difference.double())
-            row["vs_reference"] = {"method": reference["method"], "mean": float(mean), "stderr": float(stderr)}
-            out.append(row)
+            per_query = [float(v) for v in res["relative_change"]]
+            reference = reference or (method, per_query)
+            difference = (torch.tensor(per_query) - torch.tensor(reference[1])).double()  # float32 difference
+            out.append(RemovalRow(fraction, method, rem.measurement, float(res["mean"]), float(res["stderr"]),
+                                  float(res["control_mean"]), float(res["control_stderr"]), per_query,
+                                  PairedDifference.of(reference[0], difference)))
     return out
 
 
-def headline_rows(results: dict[str, Any], best_damping: bool = False) -> list[dict[str, Any]]:
+def headline_rows(rows: list[LDSRow], best_damping: bool = False) -> list[LDSRow]:
     """Per method and target: the most draws, scores from the target itself (else the method's own
     function, e.g. D-TRAK's ``sqnorm``), at the default damping or at the best one."""
-    chosen: dict[tuple, dict] = {}
-    for r in results["lds"]:
-        if is_timestep_measurement(r["target"]):
+    chosen: dict[tuple, LDSRow] = {}
+    for r in rows:
+        if is_timestep_measurement(r.target):
             continue
-        key = (r["method"], r["target"])
-        own = [x for x in results["lds"] if (x["method"], x["target"]) == key]
-        approx = r["target"] if any(x["approx"] == r["target"] for x in own) else own[0]["approx"]
-        draws = max(x["num_draws"] for x in own)
-        if r["approx"] != approx or r["num_draws"] != draws or (not best_damping and not r["default_damping"]):
+        key = (r.method, r.target)
+        own = [x for x in rows if (x.method, x.target) == key]
+        approx = r.target if any(x.approx == r.target for x in own) else own[0].approx
+        draws = max(x.num_draws for x in own)
+        if r.approx != approx or r.num_draws != draws or (not best_damping and not r.default_damping):
             continue
-        if key not in chosen or (best_damping and r["mean"] > chosen[key]["mean"]):
+        if key not in chosen or (best_damping and r.mean > chosen[key].mean):
             chosen[key] = r
     return list(chosen.values())
 
 
-def comparison(results: dict[str, Any], reference: str | None = None) -> list[dict[str, Any]]:
+def comparison(rows: list[LDSRow], reference: str | None = None) -> list[ComparisonRow]:
     """The comparison table (like the paper's Fig. 2): LDS at the default damping, at the damping chosen on
     held-out subsets (``selected``: two-fold cross-fitting, ``lit_attr.evaluation.selection``) and at the best
     damping of the sweep (chosen on the evaluation subsets themselves: optimistic, shown for reference).
@@ -222,38 +233,35 @@ def comparison(results: dict[str, Any], reference: str | None = None) -> list[di
     (paired: both methods are ranked against the same retrained models, so query difficulty cancels), taken
     at the row's number of draws S when the reference reports it (so S = 32 ablations face S = 32).
     """
-    best = {(r["method"], r["target"]): r for r in headline_rows(results, best_damping=True)}
-    heads = headline_rows(results)
-    reference = reference or (heads[0]["method"] if heads else None)
-    rows = []
+    best = {(r.method, r.target): r for r in headline_rows(rows, best_damping=True)}
+    heads = headline_rows(rows)
+    reference = reference or (heads[0].method if heads else None)
+    out = []
     for r in heads:
-        b = best[(r["method"], r["target"])]
-        selected = cross_fitted(_sweep(results, r))
-        row = {"method": r["method"], "target": r["target"], "approx": r["approx"], "num_draws": r["num_draws"],
-               "default": {"damping": r["damping"], "mean": r["mean"], "stderr": r["stderr"]},
-               "selected": selected,
-               "best": {"damping": b["damping"], "mean": b["mean"], "stderr": b["stderr"]}}
-        ref = _reference_row(results, best.get((reference, r["target"])), r["num_draws"])
+        b = best[(r.method, r.target)]
+        selected = cross_fitted(_sweep(rows, r))
+        vs_reference = None
+        ref = _reference_row(rows, best.get((reference, r.target)), r.num_draws)
         if ref is not None:
-            ref_selected = cross_fitted(_sweep(results, ref))
-            mean, stderr = mean_and_stderr(torch.tensor(selected["per_query"], dtype=torch.float64)
-                                           - torch.tensor(ref_selected["per_query"], dtype=torch.float64))
-            row["vs_reference"] = {"method": reference, "mean": float(mean), "stderr": float(stderr)}
-        rows.append(row)
-    return rows
+            ref_selected = cross_fitted(_sweep(rows, ref))
+            vs_reference = PairedDifference.of(reference, torch.tensor(selected.per_query, dtype=torch.float64)
+                                               - torch.tensor(ref_selected.per_query, dtype=torch.float64))
+        out.append(ComparisonRow(r.method, r.target, r.approx, r.num_draws, DampedStat(r.damping, r.mean, r.stderr),
+                                 selected, DampedStat(b.damping, b.mean, b.stderr), vs_reference))
+    return out
 
 
-def _sweep(results: dict[str, Any], head: dict[str, Any]) -> list[dict[str, Any]]:
+def _sweep(rows: list[LDSRow], head: LDSRow) -> list[LDSRow]:
     """The rows of ``head``'s method, target, approximation and S at every damping of its sweep."""
-    key = (head["method"], head["target"], head["approx"], head["num_draws"])
-    return [x for x in results["lds"] if (x["method"], x["target"], x["approx"], x["num_draws"]) == key]
+    key = (head.method, head.target, head.approx, head.num_draws)
+    return [x for x in rows if (x.method, x.target, x.approx, x.num_draws) == key]
 
 
-def _reference_row(results: dict[str, Any], head: dict[str, Any] | None, num_draws: int) -> dict[str, Any] | None:
+def _reference_row(rows: list[LDSRow], head: LDSRow | None, num_draws: int) -> LDSRow | None:
     """The reference method's row for ``head``'s target and approximation at ``num_draws`` draws (``head``
     itself when the reference does not report that S)."""
     if head is None:
         return None
-    same = [x for x in results["lds"] if (x["method"], x["target"], x["approx"]) ==
-            (head["method"], head["target"], head["approx"]) and x["num_draws"] == num_draws]
+    same = [x for x in rows if (x.method, x.target, x.approx) == (head.method, head.target, head.approx)
+            and x.num_draws == num_draws]
     return same[0] if same else head

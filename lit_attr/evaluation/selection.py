@@ -16,12 +16,13 @@ same two held-out halves, so every method's cross-fitted number is computed alik
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from lit_attr.metrics.lds import mean_and_stderr
+from lit_attr.evaluation.rows import CrossFitted, Stat
 
 NUM_FOLDS = 2
 
@@ -32,7 +33,14 @@ def fold_masks(num_subsets: int) -> list[Tensor]:
     return [positions % NUM_FOLDS == f for f in range(NUM_FOLDS)]
 
 
-def cross_fitted(rows: list[dict[str, Any]]) -> dict[str, Any]:
+class FoldedLDS(Protocol):
+    """An LDS at one damping with its per-query LDS on each fold (``lit_attr.evaluation.rows.LDSRow``)."""
+
+    damping: float
+    folds: list[list[float]]
+
+
+def cross_fitted(rows: Sequence[FoldedLDS]) -> CrossFitted:
     """Cross-fitted LDS of one method, S, target and approximating measurement over its damping sweep.
 
     Args:
@@ -40,16 +48,16 @@ def cross_fitted(rows: list[dict[str, Any]]) -> dict[str, Any]:
             fold (``lit_attr.evaluation.results``).
 
     Returns:
-        ``{"mean", "stderr", "per_query", "dampings": [d_0, d_1]}`` (the damping chosen on each fold).
+        mean, s.e. and per-query cross-fitted LDS, and ``dampings`` = [d_0, d_1] (chosen on each fold).
     """
     held_out, chosen = [], []
     for fold in range(NUM_FOLDS):
-        pick = max(rows, key=lambda r: _nanmean(r["folds"][fold]))
-        chosen.append(pick["damping"])
-        held_out.append(torch.tensor(pick["folds"][NUM_FOLDS - 1 - fold], dtype=torch.float64))
+        pick = max(rows, key=lambda r: _nanmean(r.folds[fold]))
+        chosen.append(pick.damping)
+        held_out.append(torch.tensor(pick.folds[NUM_FOLDS - 1 - fold], dtype=torch.float64))
     per_query = torch.stack(held_out).mean(dim=0)
-    mean, stderr = mean_and_stderr(per_query)
-    return {"mean": float(mean), "stderr": float(stderr), "per_query": per_query.tolist(), "dampings": chosen}
+    stat = Stat.of(per_query)
+    return CrossFitted(stat.mean, stat.stderr, per_query.tolist(), chosen)
 
 
 def _nanmean(values: list[float]) -> float:

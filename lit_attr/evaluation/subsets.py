@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from lit_attr.constants import SUBSET_POSITIONS_FILE, SUBSETS_MANIFEST_FILE
 from lit_attr.data.index_files import read_index_file, write_index_file
 from lit_attr.errors import ConfigError, DataError
 from lit_attr.evaluation.layout import BenchmarkLayout
-from lit_attr.storage import read_json, write_json_atomic
+from lit_attr.storage import read_json, write_atomic, write_json_atomic
 
 
 def sample_lds_subsets(num_train: int, num_subsets: int, fraction: float = 0.5, seed: int = 0) -> list[np.ndarray]:
@@ -217,12 +216,12 @@ def _clear_subsets(root: str | Path, num_subsets: int) -> Path:
 
 
 def _write_index_atomic(path: Path, indices: list[int]) -> str:
-    """``write_index_file`` through a temporary file and ``os.replace``; returns the file's SHA-256."""
-    tmp = path.with_name(path.name + ".tmp")
-    write_index_file(tmp, indices)
-    digest = file_sha256(tmp)
-    os.replace(tmp, path)
-    return digest
+    """``write_index_file`` through ``write_atomic``; returns the file's SHA-256."""
+    def write(tmp: Path) -> str:
+        write_index_file(tmp, indices)
+        return file_sha256(tmp)
+
+    return write_atomic(path, write)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lit_attr.constants import MODEL_FILE
 from lit_attr.ddpm_module import DDPMModule
+from lit_attr.storage import write_atomic
 
 
 
@@ -63,7 +64,5 @@ def train_model(recipe: str | Path, run_dir: str | Path, max_steps: int, seed: i
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
     checkpoint = run_dir / MODEL_FILE
-    partial = run_dir / (MODEL_FILE + ".tmp")
-    cli.trainer.save_checkpoint(partial, weights_only=True)
-    partial.replace(checkpoint)
+    write_atomic(checkpoint, lambda tmp: cli.trainer.save_checkpoint(tmp, weights_only=True))
     return TrainingRun(cli.model.cpu(), checkpoint, seconds)

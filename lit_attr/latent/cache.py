@@ -10,7 +10,6 @@ anything else is recomputed, never reused.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import Tensor
 from lit_attr.data.indexed import IndexedDataset
 from lit_attr.fingerprints import dataset_fingerprint, model_hash
 from lit_attr.latent.autoencoder import ENCODE_BATCH, encode_mean
+from lit_attr.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,5 @@ def load_or_encode_latents(vae: AutoencoderKL, dataset: IndexedDataset, path: st
     latents = encode_dataset(vae, dataset)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        torch.save({"identity": identity, "latents": latents}, partial)
-        os.replace(partial, path)
+        write_atomic(path, lambda tmp: torch.save({"identity": identity, "latents": latents}, tmp))
     return latents

@@ -18,7 +18,7 @@ from lit_attr.constants import CURVATURE_DIR, ENSEMBLE_DIR, FINALIZED_KEY, METAD
 from lit_attr.curvature.callback import KFACCallback
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs, attribution_data
-from lit_attr.storage import read_json
+from lit_attr.storage import read_json, write_atomic
 
 CURVATURE_SEED = 0
 """Seed of the curvature draws, shared by all methods (their factors are then reused)."""
@@ -68,8 +68,8 @@ class KFACInfluence(AttributionMethod):
         query_file = inputs.output_dir / ENSEMBLE_DIR / QUERY_IMAGES_FILE
         if not query_file.exists():
             query_file.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(inputs.query_images(), query_file.with_suffix(".tmp"))
-            query_file.with_suffix(".tmp").replace(query_file)
+            images = inputs.query_images()
+            write_atomic(query_file, lambda tmp: torch.save(images, tmp))
         for seed, checkpoint in inputs.ensemble.items():
             self.log(f"ensemble member seed {seed}:")
             self._score_model(checkpoint, self.member_dir(inputs.output_dir, seed), checkpoint.parent / CURVATURE_DIR,

@@ -13,7 +13,7 @@ from torch import Tensor
 from lit_attr.baselines.similarity import clip_embeddings, cosine_scores, load_open_clip
 from lit_attr.constants import SCORES_FILE, SIMILARITY_SETTINGS_FILE
 from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs
-from lit_attr.storage import read_json, write_json_atomic
+from lit_attr.storage import read_json, write_atomic, write_json_atomic
 
 
 
@@ -42,9 +42,7 @@ class PixelCosine(AttributionMethod):
         images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
         scores = self.similarity(images, inputs.query_images())
         write_json_atomic(settings, self.settings())
-        partial = out / ("partial_" + SCORES_FILE)
-        np.save(partial, scores.float().numpy())
-        partial.replace(path)
+        write_atomic(path, lambda tmp: np.save(tmp, scores.float().numpy()))
         self.log("done.")
 
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
