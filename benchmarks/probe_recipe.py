@@ -35,15 +35,20 @@ RECIPES = {
     "longer": (1600, 3e-3, 0.0, 128),
     "long_lowlr": (1000, 1e-3, 0.0, 128),
     "long_b64": (1000, 3e-3, 0.0, 64),
+    "long_keyed": (1000, 3e-3, 0.0, 128),  # "long" with --data.example_keyed: common random numbers per example
 }
+EXAMPLE_KEYED = {"long_keyed"}
+"""Recipes trained with ``--data.example_keyed true`` (each example's order and draws keyed by its index)."""
 
 
-def recipe_config(dataset: str, lr: float, ema: float, batch_size: int) -> dict:
+def recipe_config(dataset: str, lr: float, ema: float, batch_size: int, example_keyed: bool = False) -> dict:
     """A ``train.py`` config (the digits LDS recipe with the probed settings)."""
     recipe = yaml.safe_load((ROOT / "configs" / "lds" / "digits_train.yaml").read_text())
     recipe["model"]["optimizer"]["lr"] = lr
     recipe["model"]["ema_decay"] = ema
     recipe["data"] = {"dataset": dataset, "batch_size": batch_size, "num_workers": 0}
+    if example_keyed:
+        recipe["data"]["example_keyed"] = True
     return recipe
 
 
@@ -69,7 +74,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     root = Path(args.root) / args.dataset / name
     root.mkdir(parents=True, exist_ok=True)
     recipe_path = root / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe_config(args.dataset, lr, ema, batch_size)))
+    recipe_path.write_text(yaml.safe_dump(recipe_config(args.dataset, lr, ema, batch_size, name in EXAMPLE_KEYED)))
     config_path = root / "benchmark.yaml"
     config_path.write_text(yaml.safe_dump(benchmark_config(root, recipe_path, steps, args.subsets, args.queries)))
     start = time.perf_counter()

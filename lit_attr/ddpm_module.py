@@ -25,6 +25,7 @@ from torch import Tensor
 
 from lit_attr.checkpoints import RNG_STATES_KEY, capture_rng_states, check_same_architecture, restore_rng_states
 from lit_attr.ddpm_config import DiffusionConfig, OptimizerConfig, as_config, warmup_cosine
+from lit_attr.diffusion.draws import draws_from_keys
 from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
 from lit_attr.diffusion.sampling import SamplingResult, sample
 from lit_attr.diffusion.unet import UNetConfig, build_unet, plain_config
@@ -138,10 +139,15 @@ class DDPMModule(L.LightningModule):
         return self.ema_unet if self.ema_decay > 0 else self.unet
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """One DDPM step: uniform t, Gaussian noise, pixel-mean epsilon MSE (eq. 2, 3)."""
+        """One DDPM step: uniform t, Gaussian noise, pixel-mean epsilon MSE (eq. 2, 3); keyed per example when the batch
+        carries ``draw_key`` (``--data.example_keyed``)."""
         x0 = batch["image"] if "pixels" in batch else self.encode_pixels(batch["image"])
-        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
+        if "draw_key" in batch:  # --data.example_keyed: each example's draw comes from its own key
+            t, noise = draws_from_keys(batch["draw_key"], tuple(x0.shape[1:]), self.schedule.num_timesteps)
+            t, noise = t.to(x0.device), noise.to(x0.device, x0.dtype)
+        else:
+            t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
+            noise = torch.randn_like(x0)
         losses = loss_per_draw(unet_eps_model(self.unet), self.schedule, x0, t, noise, batch.get("label"))
         loss = losses.mean()
         if not bool(torch.isfinite(loss)):

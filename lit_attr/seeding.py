@@ -31,3 +31,28 @@ def generator_for(seed: int, example_index: int, stream: str) -> torch.Generator
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed_for(seed, example_index, stream))
     return generator
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser applied elementwise to uint64 values (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = values + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def keyed_seeds(seed: int, keys: np.ndarray | list[int], stream: str) -> np.ndarray:
+    """63-bit seeds of many keys at once: the same key gets the same seed whatever else is in ``keys``.
+
+    Vectorised twin of ``seed_for`` for per-epoch work over a whole dataset (``keys``: stable example
+    indices, shape (N,)); returns int64 of shape (N,).
+    """
+    keys = np.asarray(keys, dtype=np.int64)
+    if seed < 0 or (keys < 0).any():
+        raise ValueError(f"seed and keys must be non-negative, got seed {seed}.")
+    base = _splitmix64(np.asarray([seed_for(seed, 0, stream)], dtype=np.uint64))
+    return (_splitmix64(base ^ keys.astype(np.uint64)) >> np.uint64(1)).astype(np.int64)

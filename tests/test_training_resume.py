@@ -29,7 +29,7 @@ class KillAfterStep(L.Callback):
             raise SimulatedKill
 
 
-def fit(root, seed, callbacks=(), ckpt_path=None, unet=None, dropout=0.1):
+def fit(root, seed, callbacks=(), ckpt_path=None, unet=None, dropout=0.1, example_keyed=False):
     """Train the tiny U-Net (dropout on, so its masks must be resumed too) to MAX_STEPS steps."""
     torch.set_num_threads(1)
     L.seed_everything(seed)
@@ -37,7 +37,7 @@ def fit(root, seed, callbacks=(), ckpt_path=None, unet=None, dropout=0.1):
     trainer = L.Trainer(max_steps=MAX_STEPS, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root, callbacks=list(callbacks),
                         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
-    trainer.fit(module, DiffusionDataModule(batch_size=BATCH_SIZE), ckpt_path=ckpt_path)
+    trainer.fit(module, DiffusionDataModule(batch_size=BATCH_SIZE, example_keyed=example_keyed), ckpt_path=ckpt_path)
     return module
 
 
@@ -60,6 +60,16 @@ def test_kill_and_resume_is_bit_identical(uninterrupted, tmp_path, kill_step):
     assert resumed.keys() == uninterrupted.keys()
     differing = [name for name, value in uninterrupted.items() if not torch.equal(resumed[name], value)]
     assert not differing, f"{len(differing)} tensors differ after resume, e.g. {differing[:3]}"
+
+
+def test_example_keyed_kill_and_resume_is_bit_identical(tmp_path):
+    """``--data.example_keyed``: the keyed order and draws resume mid-epoch from the checkpointed epoch seed."""
+    uninterrupted = fit(tmp_path / "whole", seed=0, example_keyed=True).state_dict()
+    with pytest.raises(SimulatedKill):
+        fit(tmp_path, seed=0, callbacks=[checkpointing(tmp_path), KillAfterStep(4)], example_keyed=True)
+    resumed = fit(tmp_path, seed=123, callbacks=[checkpointing(tmp_path)], example_keyed=True,
+                  ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt")).state_dict()
+    assert all(torch.equal(resumed[name], value) for name, value in uninterrupted.items())
 
 
 def test_resume_into_another_architecture_is_refused(tmp_path):

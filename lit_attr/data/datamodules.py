@@ -148,6 +148,10 @@ class DiffusionDataModule(_IndexedDataModule):
         random_flip: random horizontal flips (App. G.8 of the paper).
         cifar2_seed: seed of the CIFAR-2 subsampling.
         num_per_class: CIFAR-2 examples per class (automobile, horse).
+        example_keyed: order each epoch by a keyed hash of the examples' stable indices and draw each example's
+            timestep and noise from its own key (``lit_attr.data.resumable``): runs with the same seed on
+            overlapping subsets then train their shared examples in the same relative order with the same draws
+            (common random numbers for LDS retraining; one process only).
     """
 
     def __init__(
@@ -162,9 +166,11 @@ class DiffusionDataModule(_IndexedDataModule):
         random_flip: bool = False,
         cifar2_seed: int = 0,
         num_per_class: int = 2500,
+        example_keyed: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.example_keyed = example_keyed
         config = DatasetConfig(
             dataset, data_dir, image_size, channels, subset_file, True, random_flip, cifar2_seed, num_per_class
         )
@@ -178,9 +184,13 @@ class DiffusionDataModule(_IndexedDataModule):
         ``DistributedSampler`` shuffles (a resumed run restarts the interrupted epoch's order).
         """
         if self.trainer is not None and self.trainer.world_size > 1:
+            if self.example_keyed:
+                raise ConfigError("--data.example_keyed true orders the examples on one process; drop it or train "
+                                  "with --trainer.devices 1.")
             return self._loader(shuffle=True, drop_last=False)
-        return ResumableDataLoader(self.dataset, self._batches_done, batch_size=self.batch_size,
-                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(self.dataset, self._batches_done, example_keyed=self.example_keyed,
+                                   batch_size=self.batch_size, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
 
     def _batches_done(self) -> int:
         """Batches of the current epoch already trained on (saved with a checkpoint)."""

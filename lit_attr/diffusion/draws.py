@@ -135,3 +135,14 @@ def draw_for_batch(
         for i in example_indices.tolist()
     ]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def draws_from_keys(keys: Tensor, sample_shape: tuple[int, ...], num_timesteps: int) -> tuple[Tensor, Tensor]:
+    """One training draw per example from its own key (``--data.example_keyed``): timesteps (B,) uniform on
+    ``0..T-1`` and noise (B, *sample_shape) standard normal, each example's from a generator seeded with its key."""
+    timesteps, noise = [], []
+    for key in keys.tolist():
+        generator = torch.Generator().manual_seed(int(key))
+        timesteps.append(torch.randint(0, num_timesteps, (), generator=generator))
+        noise.append(torch.randn(sample_shape, generator=generator))
+    return torch.stack(timesteps), torch.stack(noise)
