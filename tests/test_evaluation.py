@@ -283,7 +283,7 @@ def test_bad_benchmark_input_fails_clearly(tmp_path):
     config["methods"][0]["report_draws"] = [3]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     bad = run_script("evaluate.py", "run", "--config", str(tmp_path / "bad.yaml"), f"--root={bench}")
-    assert bad.returncode == 2 and "report_draws 3 must be an even multiple" in bad.stderr
+    assert bad.returncode == 2 and "report_draws 3 must be draws_per_group=1 (one group" in bad.stderr
     config["methods"][0]["report_draws"] = [2]
     config["true_measurements"]["measurements"] = ["loss", "loss_at_tfinal"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
