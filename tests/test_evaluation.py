@@ -244,7 +244,8 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert "[lds] 7/7 models already done" in more.stdout and "kfac: already scored" in more.stdout
     compared = {c["method"] for c in json.loads((bench / "results.json").read_text())["comparison"]}
     assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble", "from_attribute_py"} <= compared
-    one_group = [r for r in json.loads((bench / "results.json").read_text())["lds"] if r["method"] == "from_attribute_py"]
+    one_group = [r for r in json.loads((bench / "results.json").read_text())["lds"]
+                 if r["method"] == "from_attribute_py"]
     assert len(one_group) == 3 and all(r["num_draws"] == 4 and np.isnan(r["split_half"]["mean"]) for r in one_group)
     assert "[ensemble kfac_ensemble] 0/1 models already done; training 1." in more.stdout
     assert (bench / "ensemble" / "seed_7" / "done.json").exists()  # trained on all data with seed 7

@@ -100,6 +100,8 @@ def test_unknown_keys_and_settings_outside_the_block_are_refused(tmp_path):
         MethodConfig(name="x", attribute_config=str(tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="dampings comes from attribute_config / model; set it there"):
         MethodConfig(name="x", model={}, dampings=[1.0])
+    with pytest.raises(ConfigError, match="method dtrak uses the squared output norm"):
+        MethodConfig(name="x", method="dtrak", model={"measurement": {"measurement": "elbo"}})
     with pytest.raises(ConfigError, match="method 'ensemble' cannot be benchmarked.*ensemble_seeds"):
         MethodConfig(name="x", method="ensemble")
     with pytest.raises(ConfigError, match="attribute_config nowhere.yaml is not an attribute.py YAML file"):

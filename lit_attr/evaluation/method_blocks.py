@@ -28,15 +28,15 @@ ENTRY_KEYS = ("name", "batch_size", "attribute_config", "method", "model")
 FILE_KEYS = ("method", "model", "trainer", "data", "seed_everything")
 """Top-level keys of an ``attribute.py`` config."""
 BENCHMARK_PROVIDED = ("checkpoint", "output_dir", "queries", "top_k", "overwrite", "score_dtype", "query_batch_size")
-"""``model:`` keys whose values the benchmark sets (its full model, folders and queries) or that do not change scores."""
+"""``model:`` keys the benchmark sets itself (its full model, folders, queries, storage and batching)."""
 CALLBACK_PROVIDED = ("factors_path", "fit_after_training", "progressbar")
 """``KFACCallback`` init_args the benchmark sets (its shared curvature folder)."""
 
 
 def _defaults(cls: type) -> dict[str, Any]:
-    """The keyword defaults of ``cls.__init__``."""
+    """The arguments of ``cls.__init__`` and their defaults (``inspect.Parameter.empty`` for required ones)."""
     return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _read_config(path: str | None, owner: str) -> dict[str, Any]:
@@ -99,8 +99,8 @@ def _model_settings(model: dict[str, Any], method: Any, owner: str, dropped: lis
 def _measurement(value: Any, owner: str) -> Any:
     from lit_attr.attribution.influence import MeasurementConfig
 
-    if value is None or isinstance(value, MeasurementConfig):
-        return value or MeasurementConfig()
+    if value is None:
+        return MeasurementConfig()
     known = [f.name for f in dataclasses.fields(MeasurementConfig)]
     unknown = [key for key in value if key not in known]
     if unknown:
@@ -140,6 +140,9 @@ def attribute_block_settings(name: str, attribute_config: str | None, method_nam
         dropped.append("trainer (except its KFACCallback)" if method.uses_curvature else "trainer")
     settings = _model_settings(_merged_model(data, model), method, owner, dropped)
     measurement = _measurement(settings.get("measurement"), owner)
+    if chosen == "dtrak" and measurement.measurement != "loss":  # as DTRAKModule.check_measurement
+        raise ConfigError(f"{owner}: method dtrak uses the squared output norm for the queries; drop "
+                          "model.measurement.measurement (only measurement.num_draws applies).")
     out: dict[str, Any] = {"kind": DEFAULT_METHOD if method.eigenvalue_correction else chosen}
     if batch_size is not None:
         out["batch_size"] = batch_size

@@ -46,7 +46,8 @@ class KFACInfluence(AttributionMethod):
         return {"num_draws": m.draws_per_group, "num_groups": m.num_groups, "seed": m.seed,
                 "draw_scheme": m.draw_scheme, "measurements": list(m.measurements),
                 "dampings": [float(d) for d in m.dampings], "measurement.num_draws": m.query_num_draws,
-                "query_compression": m.query_compression, **{f"curvature.{key}": getattr(c, key) for key in CURVATURE_KEYS}}
+                "query_compression": m.query_compression,
+                **{f"curvature.{key}": getattr(c, key) for key in CURVATURE_KEYS}}
 
     @staticmethod
     def stored_settings(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +102,8 @@ class KFACInfluence(AttributionMethod):
             checkpoint=str(checkpoint), output_dir=str(out), queries=queries,
             measurement=MeasurementConfig(measurement=m.measurements[0], num_draws=m.query_num_draws),
             num_draws=m.draws_per_group, seed=m.seed, draw_scheme=m.draw_scheme, damping=m.dampings[0],
-            query_compression=m.query_compression, measurements=list(m.measurements), dampings=list(m.dampings), num_groups=m.num_groups)
+            query_compression=m.query_compression, measurements=list(m.measurements), dampings=list(m.dampings),
+            num_groups=m.num_groups)
         self.log(f"scoring {m.num_groups} x {m.draws_per_group} draws, measurements {m.measurements}, "
                  f"dampings {m.dampings} ...")
         start = time.perf_counter()
