@@ -11,7 +11,7 @@ from attribute import main as attribute_main
 from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import MethodConfig
 from lit_attr.storage import load_scores
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT
 
 SMOKE = ROOT / "configs" / "lds" / "smoke.yaml"
 
@@ -90,13 +90,7 @@ def test_attribute_config_entry_gives_attribute_py_scores(bench, tmp_path, metho
 
 
 def test_unknown_keys_and_settings_outside_the_block_are_refused(tmp_path):
-    (tmp_path / "typo.yaml").write_text("methods:\n  - {name: mine, attribute_config: configs/tiny/attribute.yaml, "
-                                        "model: {dampnig: 0.1}}\n")
-    proc = run_script("evaluate.py", "run", "--config", str(SMOKE), "--config", str(tmp_path / "typo.yaml"),
-                      f"--root={tmp_path / 'bench'}")
-    assert proc.returncode == 2 and not (tmp_path / "bench").exists()
-    assert proc.stderr.strip().splitlines() == ["error: Method 'mine': model.dampnig is not a setting of attribute.py's "
-                                                "model block (see `python attribute.py --method kfac --help`); remove it."]
+    """Through evaluate.py, as one error line: tests/error_catalogue.py (eval-attribute-config-key)."""
     with pytest.raises(ConfigError, match=r"^Method 'x': model.dampnig is not a setting of attribute.py's model "
                                           r"block .*; remove it.$"):
         MethodConfig(name="x", model={"dampnig": 1e-3})
