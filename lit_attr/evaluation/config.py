@@ -161,8 +161,8 @@ class MethodConfig:
     one group of its S draws, reported as S, with the same draws as ``attribute.py``; the entry then sets only
     ``name``, ``batch_size``, ``method`` and ``model``."""
     method: str | None = None
-    """With ``attribute_config`` / ``model``: ``attribute.py``'s ``--method`` (None: the file's ``method:``, else
-    kfac)."""
+    """``attribute.py``'s ``--method`` (None: the file's ``method:``, else kfac); given alone, that method with
+    ``attribute.py``'s defaults."""
     model: dict[str, Any] | None = None
     """An inline ``attribute.py`` ``model:`` block, instead of or on top of ``attribute_config``'s."""
 
