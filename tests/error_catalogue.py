@@ -165,6 +165,11 @@ def duplicate_subset(fixture: Path, case_dir: Path) -> None:
     _write(case_dir / "subset.txt", "1\n2\n2\n")
 
 
+def misspelt_attribute_block(fixture: Path, case_dir: Path) -> None:
+    _write(case_dir / "methods.yaml", "methods:\n  - {name: mine, attribute_config: configs/tiny/attribute.yaml, "
+                                      "model: {dampnig: 0.1}}\n")
+
+
 def out_of_range_subset(fixture: Path, case_dir: Path) -> None:
     _write(case_dir / "subset.txt", "1\n5000\n")
 
@@ -428,6 +433,9 @@ CASES: list[Case] = [
     Case("eval-unknown-flag", "misspelt flag", EVAL_RUN, ("--retraining.num_subset", "3"), ("retraining.num_subset",)),
     Case("eval-protocol", "unknown seeding protocol", EVAL_RUN, ("--retraining.protocol", "shared"), ("protocol",)),
     Case("eval-subcommand", "unknown subcommand", ("evaluate.py", "rerun"), (), ("rerun",)),
+    Case("eval-attribute-config-key", "misspelt key in a method's attribute.py model block", EVAL_RUN,
+         ("--config", "{case}/methods.yaml"), ("model.dampnig is not a setting of attribute.py's model block",),
+         setup=misspelt_attribute_block),
 ]
 
 

@@ -239,20 +239,24 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
         {"name": "kfac_empirical_reduce", **variant,
          "curvature": {"num_draws": 1, "fisher_type": "empirical", "kfac_approx": "reduce"}},
         {"name": "ekfac", **variant, "curvature": {"num_draws": 1, "eigenvalue_correction": True}},
-        {"name": "kfac_ensemble", **variant, "ensemble_seeds": [7]}]
+        {"name": "kfac_ensemble", **variant, "ensemble_seeds": [7]},
+        {"name": "from_attribute_py", "attribute_config": "configs/tiny/attribute.yaml"}]  # one group of S = 4
     (tmp_path / "extended.yaml").write_text(yaml.safe_dump(extended))
     more = run_script("evaluate.py", "run", "--config", str(tmp_path / "extended.yaml"), f"--root={bench}")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "[lds] 7/7 models already done" in more.stdout and "kfac: already scored" in more.stdout
     compared = {c["method"] for c in json.loads((bench / "results.json").read_text())["comparison"]}
-    assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble"} <= compared
+    assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble", "from_attribute_py"} <= compared
+    one_group = [r for r in json.loads((bench / "results.json").read_text())["lds"]
+                 if r["method"] == "from_attribute_py"]
+    assert len(one_group) == 3 and all(r["num_draws"] == 4 and np.isnan(r["split_half"]["mean"]) for r in one_group)
     assert "[ensemble kfac_ensemble] 0/1 models already done; training 1." in more.stdout
     assert (bench / "ensemble" / "seed_7" / "done.json").exists()  # trained on all data with seed 7
     ensemble_dir = bench / "methods" / "kfac_ensemble"
     member = load_variant_scores(ensemble_dir / "ensemble" / "seed_7")
     alone = load_variant_scores(ensemble_dir)
     assert not np.allclose(member, alone)  # another model
-    (ensemble_set,) = KFACInfluence(MethodConfig(**extended["methods"][-1])).score_sets(ensemble_dir)
+    (ensemble_set,) = KFACInfluence(MethodConfig(**extended["methods"][-2])).score_sets(ensemble_dir)
     np.testing.assert_allclose(ensemble_set.scores, (member + alone)[:, :2].mean(1) / 2, rtol=1e-6)
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
@@ -286,7 +290,7 @@ def test_bad_benchmark_input_fails_clearly(tmp_path):
     config["methods"][0]["report_draws"] = [3]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     bad = run_script("evaluate.py", "run", "--config", str(tmp_path / "bad.yaml"), f"--root={bench}")
-    assert bad.returncode == 2 and "report_draws 3 must be an even multiple" in bad.stderr
+    assert bad.returncode == 2 and "report_draws 3 must be draws_per_group=1 (one group" in bad.stderr
     config["methods"][0]["report_draws"] = [2]
     config["true_measurements"]["measurements"] = ["loss", "loss_at_tfinal"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))

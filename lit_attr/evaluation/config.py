@@ -6,7 +6,7 @@ See ``configs/lds/digits.yaml`` for a complete, commented example.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lit_attr.baselines.projection import ProjectionKind
 from lit_attr.curvature.fisher import FisherTypeName
@@ -109,6 +109,10 @@ class CurvatureConfig:
     eigenvalue_correction: bool = False
     draw_scheme: CurvatureDrawSchemeName = "independent"
     """Curvature draws per example (never shared: see ``DrawScheme.for_curvature``)."""
+    mc_samples: int = 1
+    """MC-Fisher target draws per row."""
+    seed: int = 0
+    """Seed of the curvature draws (``attribute.py``: the KFACCallback's seed, else the module's)."""
 
 
 @dataclass
@@ -126,7 +130,8 @@ class MethodConfig:
     num_groups: int = 8
     """Independent draw groups (S_total = draws_per_group * num_groups)."""
     report_draws: list[int] = field(default_factory=lambda: [32, 128])
-    """Numbers of draws to report, each an even multiple of draws_per_group up to S_total."""
+    """Numbers of draws to report, each an even multiple of draws_per_group up to S_total (split-half reliability
+    from its two halves), or draws_per_group itself (group 0 alone, as ``attribute.py``: no split-half)."""
     measurements: list[MeasurementName] = field(default_factory=lambda: ["loss", "elbo"])
     """Query measurements whose gradients are used (the measurement-substitution table)."""
     query_num_draws: int = 256
@@ -153,8 +158,23 @@ class MethodConfig:
     """CLIP: open_clip model name."""
     clip_weights: str | None = None
     """CLIP: local open_clip checkpoint file (never downloaded)."""
+    query_compression: Literal["int8", "fp16", "none"] = "int8"
+    """kfac: storage of the preconditioned query gradients (as ``attribute.py``'s ``model.query_compression``)."""
+    attribute_config: str | None = None
+    """An ``attribute.py`` config whose method settings this entry takes (``lit_attr.evaluation.method_blocks``):
+    one group of its S draws, reported as S, with the same draws as ``attribute.py``; the entry then sets only
+    ``name``, ``batch_size``, ``method`` and ``model``."""
+    method: str | None = None
+    """``attribute.py``'s ``--method`` (None: the file's ``method:``, else kfac); given alone, that method with
+    ``attribute.py``'s defaults."""
+    model: dict[str, Any] | None = None
+    """An inline ``attribute.py`` ``model:`` block, instead of or on top of ``attribute_config``'s."""
 
     def __post_init__(self) -> None:
+        if self.attribute_config is not None or self.model is not None or self.method is not None:
+            from lit_attr.evaluation.method_blocks import apply_attribute_block
+
+            apply_attribute_block(self)
         if self.kind in ("kfac", "trak"):
             _check_measurements(list(self.measurements), f"method {self.name!r}")
         if self.ensemble_seeds and self.kind != "kfac":
@@ -167,9 +187,10 @@ class MethodConfig:
         total = self.draws_per_group * self.num_groups
         for s in self.report_draws:
             groups, rest = divmod(s, self.draws_per_group)
-            if rest or groups < 2 or groups % 2 or s > total:
-                raise ConfigError(f"Method {self.name!r}: report_draws {s} must be an even multiple (>= 2x) of "
-                                  f"draws_per_group={self.draws_per_group} and at most {total}.")
+            if rest or groups < 1 or (groups > 1 and groups % 2) or s > total:
+                raise ConfigError(f"Method {self.name!r}: report_draws {s} must be draws_per_group="
+                                  f"{self.draws_per_group} (one group: no split-half reliability) or an even multiple "
+                                  f"of it, at most {total}.")
 
 
 @dataclass

@@ -18,15 +18,16 @@ from lit_attr.storage import read_json, write_atomic
 
 def finish_projected_scores(output_dir: str | Path, report_draws: list[int], draws_per_group: int,
                             dampings: list[float]) -> Path:
-    """Scores (N, M, D, Q) per reported S and for its two halves, saved as ``trak_scores.npz``."""
+    """Scores (N, M, D, Q) per reported S and for its two halves (none for one group), saved as ``trak_scores.npz``."""
     output_dir = Path(output_dir)
     meta = read_json(output_dir / METADATA_FILE)
     features, queries = load_projected_features(output_dir)
     arrays = {}
     for draws in report_draws:
         k = draws // draws_per_group
-        parts = {f"S{draws}": features[:, :k].mean(1), f"S{draws}_a": features[:, :k // 2].mean(1),
-                 f"S{draws}_b": features[:, k // 2:k].mean(1)}
+        parts = {f"S{draws}": features[:, :k].mean(1)}
+        if k > 1:  # one group (attribute.py's draws) has no halves
+            parts.update({f"S{draws}_a": features[:, :k // 2].mean(1), f"S{draws}_b": features[:, k // 2:k].mean(1)})
         for key, phi in parts.items():
             per_measurement = [trak_scores(phi, queries[m], dampings) for m in meta["measurements"]]  # (D, N, Q)
             arrays[key] = torch.stack(per_measurement).permute(2, 0, 1, 3).numpy()  # (N, M, D, Q)

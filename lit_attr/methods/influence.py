@@ -20,9 +20,8 @@ from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_sc
 from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs, attribution_data
 from lit_attr.storage import read_json, write_atomic
 
-CURVATURE_SEED = 0
-"""Seed of the curvature draws, shared by all methods (their factors are then reused)."""
-CURVATURE_KEYS = ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction", "draw_scheme")
+CURVATURE_KEYS = ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction", "draw_scheme", "mc_samples",
+                  "seed")
 
 
 class KFACInfluence(AttributionMethod):
@@ -36,7 +35,9 @@ class KFACInfluence(AttributionMethod):
         """Factors file shared by every method with the same K-FAC settings."""
         c = self.config.curvature
         scheme = "" if c.draw_scheme == "independent" else f"_{c.draw_scheme}"
-        name = f"{c.fisher_type}_{c.kfac_approx}_S{c.num_draws}{scheme}{'_ekfac' if c.eigenvalue_correction else ''}"
+        extra = (f"_mc{c.mc_samples}" if c.mc_samples != 1 else "") + (f"_seed{c.seed}" if c.seed else "")
+        name = (f"{c.fisher_type}_{c.kfac_approx}_S{c.num_draws}{scheme}{extra}"
+                f"{'_ekfac' if c.eigenvalue_correction else ''}")
         return curvature_dir / f"{name}.safetensors"
 
     def wanted_settings(self) -> dict[str, Any]:
@@ -45,13 +46,14 @@ class KFACInfluence(AttributionMethod):
         return {"num_draws": m.draws_per_group, "num_groups": m.num_groups, "seed": m.seed,
                 "draw_scheme": m.draw_scheme, "measurements": list(m.measurements),
                 "dampings": [float(d) for d in m.dampings], "measurement.num_draws": m.query_num_draws,
+                "query_compression": m.query_compression,
                 **{f"curvature.{key}": getattr(c, key) for key in CURVATURE_KEYS}}
 
     @staticmethod
     def stored_settings(metadata: dict[str, Any]) -> dict[str, Any]:
         """The same keys read from a run's ``metadata.json``."""
         stored = {key: metadata.get(key) for key in ("num_draws", "num_groups", "seed", "draw_scheme",
-                                                      "measurements", "dampings")}
+                                                      "measurements", "dampings", "query_compression")}
         stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
         for key in CURVATURE_KEYS:
             stored[f"curvature.{key}"] = (metadata.get("curvature") or {}).get(key)
@@ -91,7 +93,7 @@ class KFACInfluence(AttributionMethod):
                 return
         c = m.curvature
         kfac = KFACCallback(num_draws=c.num_draws, fisher_type=c.fisher_type, kfac_approx=c.kfac_approx,
-                            eigenvalue_correction=c.eigenvalue_correction, seed=CURVATURE_SEED,
+                            mc_samples=c.mc_samples, eigenvalue_correction=c.eigenvalue_correction, seed=c.seed,
                             draw_scheme=c.draw_scheme, factors_path=str(self.curvature_path(curvature_dir)),
                             progressbar=False)
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
@@ -100,7 +102,8 @@ class KFACInfluence(AttributionMethod):
             checkpoint=str(checkpoint), output_dir=str(out), queries=queries,
             measurement=MeasurementConfig(measurement=m.measurements[0], num_draws=m.query_num_draws),
             num_draws=m.draws_per_group, seed=m.seed, draw_scheme=m.draw_scheme, damping=m.dampings[0],
-            measurements=list(m.measurements), dampings=list(m.dampings), num_groups=m.num_groups)
+            query_compression=m.query_compression, measurements=list(m.measurements), dampings=list(m.dampings),
+            num_groups=m.num_groups)
         self.log(f"scoring {m.num_groups} x {m.draws_per_group} draws, measurements {m.measurements}, "
                  f"dampings {m.dampings} ...")
         start = time.perf_counter()
@@ -108,7 +111,8 @@ class KFACInfluence(AttributionMethod):
         self.log(f"done in {time.perf_counter() - start:.0f} s.")
 
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
-        """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them; with
+        """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them (no halves
+        for a single group); with
         ``ensemble_seeds``, averaged over the full model and the members (a TRAK-style ensemble over training runs).
         ``draw_sets``: the disjoint sets of S draws the run holds."""
         m = self.config
@@ -118,7 +122,7 @@ class KFACInfluence(AttributionMethod):
         for draws in m.report_draws:
             k = draws // m.draws_per_group
             disjoint = [scores[:, i:i + k].mean(axis=1) for i in range(0, m.num_groups - k + 1, k)]
-            sets.append(ScoreSet(draws, list(m.measurements), list(m.dampings), disjoint[0],
-                                 scores[:, :k // 2].mean(axis=1), scores[:, k // 2:k].mean(axis=1),
+            halves = (scores[:, :k // 2].mean(axis=1), scores[:, k // 2:k].mean(axis=1)) if k > 1 else (None, None)
+            sets.append(ScoreSet(draws, list(m.measurements), list(m.dampings), disjoint[0], *halves,
                                  disjoint if len(disjoint) > 1 else []))
         return sets

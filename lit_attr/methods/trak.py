@@ -78,8 +78,9 @@ class TRAK(AttributionMethod):
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
         m = self.config
         stored = np.load(output_dir / TRAK_SCORES_FILE)
-        return [ScoreSet(d, self.measurement_labels(), list(m.dampings), stored[f"S{d}"], stored[f"S{d}_a"],
-                         stored[f"S{d}_b"]) for d in m.report_draws]
+        return [ScoreSet(d, self.measurement_labels(), list(m.dampings), stored[f"S{d}"],
+                         *((stored[f"S{d}_a"], stored[f"S{d}_b"]) if f"S{d}_a" in stored else (None, None)))
+                for d in m.report_draws]
 
 
 class DTRAK(TRAK):
