@@ -107,7 +107,6 @@ def main() -> None:
     curvature_examples = max(1, args.curvature_rows_per_batch // args.curvature_draws)
     curvature = on_device(batches_with_draws(images, curvature_examples, args.curvature_draws, "curvature"))
     query = on_device(batches_with_draws(images[: args.num_queries], args.num_queries, args.query_draws, "query"))[0]
-    state: dict = {}
 
     # ------------------------------------------------------------------ cost per row vs the floor
     def floor(batches):

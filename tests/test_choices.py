@@ -12,12 +12,14 @@ from lit_attr.attribution.quantize import QueryCompression, QueryCompressionName
 from lit_attr.curvature.fisher import FisherType, FisherTypeName
 from lit_attr.curvature.kfac import KFACApprox, KFACApproxName
 from lit_attr.diffusion.draws import CurvatureDrawSchemeName, DrawScheme, DrawSchemeName
+from lit_attr.evaluation.jobs import SeedingProtocol, SeedingProtocolName
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("enum, names", [(DrawScheme, DrawSchemeName), (QueryCompression, QueryCompressionName),
-                                         (FisherType, FisherTypeName), (KFACApprox, KFACApproxName)])
+                                         (FisherType, FisherTypeName), (KFACApprox, KFACApproxName),
+                                         (SeedingProtocol, SeedingProtocolName)])
 def test_each_literal_lists_exactly_its_enums_values(enum, names):
     assert get_args(names) == tuple(member.value for member in enum)
 

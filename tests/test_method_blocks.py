@@ -19,14 +19,14 @@ SMOKE = ROOT / "configs" / "lds" / "smoke.yaml"
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """The smoke benchmark's full model (trained, seconds)."""
-    from evaluate import benchmark_config, build_parser
+    from evaluate import benchmark_config, build_parser, stage_jobs
     from lit_attr.evaluation.campaign import Benchmark
 
     root = tmp_path_factory.mktemp("blocks")
     parser = build_parser()
     parsed = parser.parse_args(["run", "--config", str(SMOKE), f"--root={root / 'bench'}"])
     bench = Benchmark(benchmark_config(parser.instantiate(parsed)["run"]))
-    bench.run_jobs([bench.full_job()])
+    bench.run_jobs(stage_jobs(bench, "full"))
     return bench
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lit_attr.attribution.quantize import QueryCompressionName
 from lit_attr.baselines.projection import ProjectionKind
 from lit_attr.curvature.fisher import FisherTypeName
 from lit_attr.curvature.kfac import KFACApproxName
 from lit_attr.diffusion.draws import CurvatureDrawSchemeName, DrawSchemeName
 from lit_attr.errors import ConfigError
+from lit_attr.evaluation.jobs import SeedingProtocolName
 
 MeasurementName = str
 """``loss``, ``elbo`` or ``loss_at_t<t>`` (the per-timestep loss l_t at 0-based t, e.g. ``loss_at_t100``)."""
@@ -60,7 +62,7 @@ class RetrainingConfig:
     """Extra ``train.py`` overrides for every model, e.g. ``["--data.data_dir=/data/cifar-10-batches-py"]``."""
     full_steps: int = 600
     """Training steps of the full-data model; subsets get as many epochs (App. G.7)."""
-    protocol: Literal["independent", "common"] = "common"
+    protocol: SeedingProtocolName = "common"
     """Seeding protocol: ``independent`` (the paper's) or ``common`` (common random numbers)."""
     base_seed: int = 0
     """Seed of the protocol; the full model trains with it."""
@@ -158,7 +160,7 @@ class MethodConfig:
     """CLIP: open_clip model name."""
     clip_weights: str | None = None
     """CLIP: local open_clip checkpoint file (never downloaded)."""
-    query_compression: Literal["int8", "fp16", "none"] = "int8"
+    query_compression: QueryCompressionName = "int8"
     """kfac: storage of the preconditioned query gradients (as ``attribute.py``'s ``model.query_compression``)."""
     attribute_config: str | None = None
     """An ``attribute.py`` config whose method settings this entry takes (``lit_attr.evaluation.method_blocks``):

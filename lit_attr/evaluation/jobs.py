@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lit_attr.constants import DONE_FILE
 from lit_attr.errors import ConfigError, StoreMismatchError
@@ -36,6 +36,10 @@ class SeedingProtocol(str, Enum):
     COMMON = "common"
     """All models of seed slot k share ``seed + k``, so the K-model ensemble of eq. (13) differs
     between subsets only through the data (common random numbers reduce the measurement noise)."""
+
+
+SeedingProtocolName = Literal["independent", "common"]
+"""``SeedingProtocol``'s values, for the benchmark config."""
 
 
 def training_seed(

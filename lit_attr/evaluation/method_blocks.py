@@ -97,7 +97,7 @@ def _model_settings(model: dict[str, Any], method: Any, owner: str, dropped: lis
 
 
 def _measurement(value: Any, owner: str) -> Any:
-    from lit_attr.attribution.influence import MeasurementConfig
+    from lit_attr.attribution.measurement_config import MeasurementConfig
 
     if value is None:
         return MeasurementConfig()
