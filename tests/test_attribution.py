@@ -259,3 +259,20 @@ def test_non_finite_layer_wise_scores_name_their_cause(tiny_run, reference_score
     batch["image"][1, 0, 2, 2] = float("nan")
     with pytest.raises(NumericalError, match=r"training gradients of examples \[0, 1, 2\]\.\.\.: nan in \S+"):
         module.predict_step(batch, 0)
+
+
+def test_relative_influence_divides_each_row_by_its_loss_gradient_norm(tiny_run, reference_scores):
+    """``relative_influence``: row j of the reference scores (same draws, curvature and query compression) divided
+    by ||grad L(x_j)||; the setting is part of the run's identity (a changed setting is refused)."""
+    out, raw = reference_scores
+    relative_dir = tiny_run / "relative"
+    module = attribute_in_process(tiny_run, relative_dir, relative_influence=True)
+    relative = load_scores(relative_dir)
+    data = AttributionDataModule(subset_file=str(tiny_run / "run" / "subset.txt"))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=NUM_TRAIN)))
+    norms = module.training_gradients(batch).norm(dim=1).double().numpy()[:, None]
+    np.testing.assert_allclose(relative, raw / norms, rtol=1e-3, atol=1e-4 * np.abs(raw / norms).max())
+    assert len(np.unique(np.round(norms, 6))) > 1  # the rows are scaled differently: not a global rescaling
+    with pytest.raises(StoreMismatchError):
+        attribute_in_process(tiny_run, out, relative_influence=True)

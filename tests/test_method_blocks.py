@@ -107,6 +107,8 @@ def test_unknown_keys_and_settings_outside_the_block_are_refused(tmp_path):
         MethodConfig(name="x", method="ensemble")
     with pytest.raises(ConfigError, match="attribute_config nowhere.yaml is not an attribute.py YAML file"):
         MethodConfig(name="x", attribute_config="nowhere.yaml")
+    with pytest.raises(ConfigError, match="model.relative_influence is an attribute.py option the benchmark does not"):
+        MethodConfig(name="x", model={"relative_influence": True})
 
 
 def test_block_translation_follows_attribute_py_defaults_and_method_choice(capsys):

@@ -33,6 +33,7 @@ from lit_attr.attribution.quantize import (
     QueryCompressionName,
     compress,
     concat_compressed,
+    score_against,
 )
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.attribution.scoring_module import ScoreDTypeName
@@ -72,6 +73,10 @@ class InfluenceModule(GradientPassModule):
         top_k: training examples per kind (positive, negative, neutral) in the report and figure.
         overwrite: discard an existing run in ``output_dir`` made with other settings.
         query_batch_size: queries whose gradients are computed together.
+        relative_influence: divide each training example's scores by the norm of its loss gradient,
+            ``score[j, q] / ||grad L(x_j)||`` (relative influence, cf. RelatIF, Barshan et al. 2020): ranks examples by
+            how much of their gradient points at the query rather than by its size. Not eq. 6 any more (no
+            predicted change of the measurement); an option, measured in README "Results".
     """
 
     def __init__(
@@ -89,7 +94,9 @@ class InfluenceModule(GradientPassModule):
         top_k: int = 6,
         overwrite: bool = False,
         query_batch_size: int = 16,
+        relative_influence: bool = False,
     ) -> None:
+        self.relative_influence = bool(relative_influence)
         self.damping = number(damping, "--model.damping", low=0.0)
         self.query_compression = QueryCompression(query_compression)
         super().__init__(checkpoint, output_dir, queries, measurement, num_draws, seed, draw_scheme, score_dtype,
@@ -110,6 +117,7 @@ class InfluenceModule(GradientPassModule):
             "measurement": self.measurement_identity(),
             "num_draws": self.num_draws, "seed": self.seed, "draw_scheme": self.draw_scheme.value,
             "damping": self.damping, "query_compression": self.query_compression.value, "curvature": curvature,
+            **({"relative_influence": True} if self.relative_influence else {}),  # runs made before it existed resume
         }
 
     def _curvature_callback(self, required: bool = True) -> KFACCallback | None:
@@ -180,8 +188,17 @@ class InfluenceModule(GradientPassModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """A block of score rows: ``{"index": (B,), "scores": (B, num_queries)}`` (sign: see module docstring)."""
+        if self.relative_influence:
+            return {"index": batch["index"], "scores": self.relative_scores(batch)}
         scores = self.training_scores(batch)
         if not bool(torch.isfinite(scores).all()):  # the layer-wise pass never forms the gradients: name the cause
             self.training_gradients(batch)  # raises (naming the layer) if the gradients themselves are not finite
             check_finite({"scores": scores}, f"scoring of examples {batch['index'][:3].tolist()}...", SCORE_CAUSE)
         return {"index": batch["index"], "scores": scores}
+
+    def relative_scores(self, batch: dict[str, Tensor], stream: str = TRAIN_STREAM) -> Tensor:
+        """``score[j, q] / ||grad L(x_j)||`` (``relative_influence``): (B, num_queries), from the formed gradients."""
+        grads = self.training_gradients(batch, stream)
+        scores = score_against(self.query_rows, grads) / grads.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        check_finite({"scores": scores}, f"scoring of examples {batch['index'][:3].tolist()}...", SCORE_CAUSE)
+        return scores

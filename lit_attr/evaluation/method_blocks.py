@@ -140,6 +140,9 @@ def attribute_block_settings(name: str, attribute_config: str | None, method_nam
         dropped.append("trainer (except its KFACCallback)" if method.uses_curvature else "trainer")
     settings = _model_settings(_merged_model(data, model), method, owner, dropped)
     measurement = _measurement(settings.get("measurement"), owner)
+    if settings.get("relative_influence"):
+        raise ConfigError(f"{owner}: model.relative_influence is an attribute.py option the benchmark does not "
+                          "score yet; drop it from the block (or compare it with benchmarks/probe_normalised.py).")
     if chosen == "dtrak" and measurement.measurement != "loss":  # as DTRAKModule.check_measurement
         raise ConfigError(f"{owner}: method dtrak uses the squared output norm for the queries; drop "
                           "model.measurement.measurement (only measurement.num_draws applies).")
