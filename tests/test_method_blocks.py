@@ -59,22 +59,26 @@ def benchmark_entry(bench, entry: dict) -> MethodConfig:
     return method
 
 
-@pytest.mark.parametrize("method", ["kfac", "trak"])
-def test_attribute_config_entry_gives_attribute_py_scores(bench, tmp_path, method, capsys):
+@pytest.mark.parametrize("variant", ["kfac", "trak", "kfac_relative"])
+def test_attribute_config_entry_gives_attribute_py_scores(bench, tmp_path, variant, capsys):
     """The same file through ``attribute.py --config`` and as the entry ``{name, attribute_config}``: equal scores.
 
     Both score in float32 with the same draws, curvature and int8 query rows; attribute.py contracts layer by layer,
     the benchmark flattened gradients, so only the float32 summation order differs (measured: max |difference|
     9e-7 of the largest score). The entry takes data.batch_size (32) from the file: with the benchmark's own 64
     the curvature sums run in another order and a few int8 roundings of the query rows flip (6e-5)."""
+    method = variant.split("_")[0]
     path = attribute_config(bench, tmp_path / "attribute.yaml")
-    extra = {"trak": ["--model.projection_dim=64"]}.get(method, [])
-    attribute_main(["--config", path, f"--method={method}", *extra])
+    extra = {"trak": ["--model.projection_dim=64"], "kfac_relative": ["--model.relative_influence=true"]}
+    attribute_main(["--config", path, f"--method={method}", *extra.get(variant, [])])
     expected = load_scores(tmp_path / "out")
-    entry = {"name": f"mine_{method}", "attribute_config": path, "method": method}
+    entry = {"name": f"mine_{variant}", "attribute_config": path, "method": method}
     if method == "trak":
         entry["model"] = {"projection_dim": 64}
+    if variant == "kfac_relative":  # each row divided by its gradient norm, in both
+        entry["model"] = {"relative_influence": True}
     config = benchmark_entry(bench, entry)
+    assert config.relative_influence == (variant == "kfac_relative")
     assert "leaving out what the benchmark provides" in capsys.readouterr().out
     assert (config.draws_per_group, config.num_groups, config.report_draws, config.seed) == (4, 1, [4], 3)
     assert config.batch_size == 32 and config.dampings == [1e-4]
@@ -107,8 +111,9 @@ def test_unknown_keys_and_settings_outside_the_block_are_refused(tmp_path):
         MethodConfig(name="x", method="ensemble")
     with pytest.raises(ConfigError, match="attribute_config nowhere.yaml is not an attribute.py YAML file"):
         MethodConfig(name="x", attribute_config="nowhere.yaml")
-    with pytest.raises(ConfigError, match="model.relative_influence is an attribute.py option the benchmark does not"):
-        MethodConfig(name="x", model={"relative_influence": True})
+    with pytest.raises(ConfigError, match="relative_influence divides by the norm of one S-draw gradient"):
+        MethodConfig(name="x", relative_influence=True, num_groups=2, report_draws=[32])
+    assert MethodConfig(name="x", model={"relative_influence": True}).relative_influence  # one group: carried over
 
 
 def test_block_translation_follows_attribute_py_defaults_and_method_choice(capsys):

@@ -162,6 +162,9 @@ class MethodConfig:
     """CLIP: local open_clip checkpoint file (never downloaded)."""
     query_compression: QueryCompressionName = "int8"
     """kfac: storage of the preconditioned query gradients (as ``attribute.py``'s ``model.query_compression``)."""
+    relative_influence: bool = False
+    """kfac: each training example's scores divided by the norm of its loss gradient (``attribute.py``'s
+    ``model.relative_influence``); needs one draw group (the norm of the S-draw gradient)."""
     attribute_config: str | None = None
     """An ``attribute.py`` config whose method settings this entry takes (``lit_attr.evaluation.method_blocks``):
     one group of its S draws, reported as S, with the same draws as ``attribute.py``; the entry then sets only
@@ -179,6 +182,9 @@ class MethodConfig:
             apply_attribute_block(self)
         if self.kind in ("kfac", "trak"):
             _check_measurements(list(self.measurements), f"method {self.name!r}")
+        if self.relative_influence and (self.kind != "kfac" or self.num_groups != 1):
+            raise ConfigError(f"Method {self.name!r}: relative_influence divides by the norm of one S-draw gradient: "
+                              "use kind kfac with num_groups: 1 and report_draws: [draws_per_group].")
         if self.ensemble_seeds and self.kind != "kfac":
             raise ConfigError(f"Method {self.name!r}: ensemble_seeds is supported for kind kfac only; drop it.")
         if self.kind in ("pixel", "clip"):

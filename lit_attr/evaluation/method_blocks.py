@@ -140,9 +140,6 @@ def attribute_block_settings(name: str, attribute_config: str | None, method_nam
         dropped.append("trainer (except its KFACCallback)" if method.uses_curvature else "trainer")
     settings = _model_settings(_merged_model(data, model), method, owner, dropped)
     measurement = _measurement(settings.get("measurement"), owner)
-    if settings.get("relative_influence"):
-        raise ConfigError(f"{owner}: model.relative_influence is an attribute.py option the benchmark does not "
-                          "score yet; drop it from the block (or compare it with benchmarks/probe_normalised.py).")
     if chosen == "dtrak" and measurement.measurement != "loss":  # as DTRAKModule.check_measurement
         raise ConfigError(f"{owner}: method dtrak uses the squared output norm for the queries; drop "
                           "model.measurement.measurement (only measurement.num_draws applies).")
@@ -154,8 +151,9 @@ def attribute_block_settings(name: str, attribute_config: str | None, method_nam
         out.update(draw_scheme=settings["draw_scheme"], draws_per_group=draws, num_groups=1, report_draws=[draws],
                    measurements=[measurement.measurement], query_num_draws=measurement.num_draws,
                    dampings=[float(settings["damping"])], seed=settings["seed"])
-    out.update({key: settings[key] for key in ("query_compression", "projection_dim", "projection_kind",
-                                                "projection_seed", "clip_model", "clip_weights") if key in settings})
+    copied = ("query_compression", "relative_influence", "projection_dim", "projection_kind", "projection_seed",
+              "clip_model", "clip_weights")
+    out.update({key: settings[key] for key in copied if key in settings})
     if method.uses_curvature:
         cb = _callback_args(data, owner, dropped)
         scheme = cb["draw_scheme"] or DrawScheme(settings["draw_scheme"]).for_curvature().value

@@ -46,7 +46,7 @@ class KFACInfluence(AttributionMethod):
         return {"num_draws": m.draws_per_group, "num_groups": m.num_groups, "seed": m.seed,
                 "draw_scheme": m.draw_scheme, "measurements": list(m.measurements),
                 "dampings": [float(d) for d in m.dampings], "measurement.num_draws": m.query_num_draws,
-                "query_compression": m.query_compression,
+                "query_compression": m.query_compression, "relative_influence": m.relative_influence,
                 **{f"curvature.{key}": getattr(c, key) for key in CURVATURE_KEYS}}
 
     @staticmethod
@@ -55,6 +55,7 @@ class KFACInfluence(AttributionMethod):
         stored = {key: metadata.get(key) for key in ("num_draws", "num_groups", "seed", "draw_scheme",
                                                       "measurements", "dampings", "query_compression")}
         stored["measurement.num_draws"] = (metadata.get("measurement") or {}).get("num_draws")
+        stored["relative_influence"] = bool(metadata.get("relative_influence", False))  # stored only when on
         for key in CURVATURE_KEYS:
             stored[f"curvature.{key}"] = (metadata.get("curvature") or {}).get(key)
         return stored
@@ -103,7 +104,7 @@ class KFACInfluence(AttributionMethod):
             measurement=MeasurementConfig(measurement=m.measurements[0], num_draws=m.query_num_draws),
             num_draws=m.draws_per_group, seed=m.seed, draw_scheme=m.draw_scheme, damping=m.dampings[0],
             query_compression=m.query_compression, measurements=list(m.measurements), dampings=list(m.dampings),
-            num_groups=m.num_groups)
+            num_groups=m.num_groups, relative_influence=m.relative_influence)
         self.log(f"scoring {m.num_groups} x {m.draws_per_group} draws, measurements {m.measurements}, "
                  f"dampings {m.dampings} ...")
         start = time.perf_counter()
