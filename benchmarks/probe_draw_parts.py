@@ -18,7 +18,6 @@ Cost per root: one K-FAC fit and four passes of S draws per example (3-5 min for
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe_functions import Prober, load_benchmark  # noqa: E402
+from probe_functions import Prober, load_benchmark, print_paired_table, run_probe_cli  # noqa: E402
 
 from lit_attr.attribution.gradients import flatten_gradients, per_example_loss_gradients  # noqa: E402
 from lit_attr.attribution.queries import QuerySet  # noqa: E402
@@ -68,27 +67,13 @@ def probe(root: Path, num_draws: int, query_draws: int, damping: float, seed: in
                                                noise, prober.unet)
             rows.append((flatten_gradients(grads) @ columns.T).double())
         per_query[name] = np.asarray(lds(torch.cat(rows).numpy(), outcomes.masks, target).per_query)
-    reference = per_query["stratified"]
-    print(f"\n{root} (S = {num_draws}, {query_draws} query draws, damping {damping:g}; "
-          f"{time.perf_counter() - start:.0f} s)\n| training draws | LDS | minus stratified |\n|---|---|---|")
-    for name, values in per_query.items():
-        diff = values - reference
-        se = lambda v: v.std(ddof=1) / np.sqrt(len(v))  # noqa: E731
-        print(f"| {name} | {values.mean():.3f} ± {se(values):.3f} | {diff.mean():+.3f} ± {se(diff):.3f} |", flush=True)
+    title = (f"{root} (S = {num_draws}, {query_draws} query draws, damping {damping:g}; "
+             f"{time.perf_counter() - start:.0f} s)")
+    print_paired_table(title, "training draws", per_query, "stratified")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", type=Path)
-    parser.add_argument("--num-draws", type=int, default=32)
-    parser.add_argument("--query-draws", type=int, default=256)
-    parser.add_argument("--damping", type=float, default=1e-8)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for root in args.roots:
-        probe(root, args.num_draws, args.query_draws, args.damping, args.seed)
-    return 0
+    return run_probe_cli(__doc__.splitlines()[0], probe)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -103,6 +104,32 @@ class Prober:
             grads = flatten_gradients(self.gradients(function, batch["image"], batch["index"], num_draws, "train"))
             out.append((grads @ columns.T).double())
         return torch.cat(out)
+
+
+def print_paired_table(title: str, row_label: str, per_query: dict[str, np.ndarray], reference: str) -> None:
+    """A markdown table of each variant's LDS and its paired difference to ``reference`` (mean ± s.e. over queries)."""
+    def se(v: np.ndarray) -> float:
+        return float(v.std(ddof=1) / np.sqrt(len(v)))
+
+    print(f"\n{title}\n| {row_label} | LDS | minus {reference} |\n|---|---|---|")
+    for name, values in per_query.items():
+        diff = values - per_query[reference]
+        print(f"| {name} | {values.mean():.3f} ± {se(values):.3f} | {diff.mean():+.3f} ± {se(diff):.3f} |", flush=True)
+
+
+def run_probe_cli(description: str, probe) -> int:
+    """``ROOT... [--num-draws S] [--query-draws Q] [--damping D] [--seed s]``: ``probe(root, S, Q, D, s)`` per root."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("roots", nargs="+", type=Path)
+    parser.add_argument("--num-draws", type=int, default=32)
+    parser.add_argument("--query-draws", type=int, default=256)
+    parser.add_argument("--damping", type=float, default=1e-8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for root in args.roots:
+        probe(root, args.num_draws, args.query_draws, args.damping, args.seed)
+    return 0
 
 
 def probe(root: Path, num_draws: int, query_draws: int, dampings: list[float], seed: int) -> None:

@@ -18,7 +18,6 @@ the 0.18M U-Net on one core).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe_functions import Prober, load_benchmark  # noqa: E402
+from probe_functions import Prober, load_benchmark, print_paired_table, run_probe_cli  # noqa: E402
 
 from lit_attr.attribution.gradients import flatten_gradients  # noqa: E402
 from lit_attr.attribution.queries import QuerySet  # noqa: E402
@@ -62,27 +61,13 @@ def probe(root: Path, num_draws: int, query_draws: int, damping: float, seed: in
     variants.update({f"/ sqrt(self-influence, {d:g})": raw / torch.cat(v)[:, None] for d, v in self_norms.items()})
     target = outcomes.measured[:, :, 0, 0]
     per_query = {k: np.asarray(lds(v.numpy(), outcomes.masks, target).per_query) for k, v in variants.items()}
-    reference = per_query["raw (eq. 6)"]
-    print(f"\n{root} (S = {num_draws}, {query_draws} query draws, damping {damping:g}; "
-          f"{time.perf_counter() - start:.0f} s)\n| rows | LDS | minus raw |\n|---|---|---|")
-    for name, values in per_query.items():
-        diff = values - reference
-        se = lambda v: v.std(ddof=1) / np.sqrt(len(v))  # noqa: E731
-        print(f"| {name} | {values.mean():.3f} ± {se(values):.3f} | {diff.mean():+.3f} ± {se(diff):.3f} |", flush=True)
+    title = (f"{root} (S = {num_draws}, {query_draws} query draws, damping {damping:g}; "
+             f"{time.perf_counter() - start:.0f} s)")
+    print_paired_table(title, "rows", per_query, "raw (eq. 6)")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", type=Path)
-    parser.add_argument("--num-draws", type=int, default=32)
-    parser.add_argument("--query-draws", type=int, default=256)
-    parser.add_argument("--damping", type=float, default=1e-8)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for root in args.roots:
-        probe(root, args.num_draws, args.query_draws, args.damping, args.seed)
-    return 0
+    return run_probe_cli(__doc__.splitlines()[0], probe)
 
 
 if __name__ == "__main__":
