@@ -77,12 +77,11 @@ class VariantInfluenceModule(InfluenceModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """``{"index": (B,), "scores": (B, G * M * D * Q)}``, group-major."""
-        blocks = []
-        for g in range(self.num_groups):
-            grads = self.training_gradients(batch, group_stream(g))
-            scores = score_against(self.query_rows, grads)
-            blocks.append(scores / grads.norm(dim=1, keepdim=True).clamp_min(1e-30) if self.relative_influence
-                          else scores)
+        if self.relative_influence:  # each group's rows divided by that group's gradient norms
+            blocks = [self.relative_scores(batch, group_stream(g)) for g in range(self.num_groups)]
+        else:
+            blocks = [score_against(self.query_rows, self.training_gradients(batch, group_stream(g)))
+                      for g in range(self.num_groups)]
         return {"index": batch["index"], "scores": torch.cat(blocks, dim=1)}
 
 
