@@ -205,3 +205,14 @@ def test_trak_memory_estimate_counts_the_projection_matrix_and_no_curvature(tiny
     projector = RandomProjector(num_params, meta["projection"]["dim"])
     assert projector.resident_bytes == meta["projection"]["dim"] * num_params * 4  # cached whole at this size
     assert f"projection matrix {human(projector.resident_bytes)}" in line and "curvature 0 B" in line
+
+
+def test_float_copy_of_the_query_store_is_counted_and_changes_no_score(tiny_run, capsys):
+    """Default: the int8 store's float32 copy is kept (and shown in the estimate); 0 MiB: none; same scores."""
+    copied = attribute(tiny_run, "float_copy", "kfac")
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Memory estimate"))
+    assert "int8 + float32 copy)" in line
+    plain = attribute(tiny_run, "no_float_copy", "kfac", "--model.float_query_cache_mib=0")
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Memory estimate"))
+    assert "float32 copy" not in line
+    np.testing.assert_array_equal(load_scores(copied), load_scores(plain))

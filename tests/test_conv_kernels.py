@@ -18,7 +18,7 @@ from lit_attr.attribution.gradients import (
     per_example_loss_gradients,
     per_example_loss_scores,
 )
-from lit_attr.attribution.quantize import compress, score_against
+from lit_attr.attribution.quantize import compress, score_against, with_float_copy
 from lit_attr.curvature import num_kfac_parameters, select_kfac_modules
 from lit_attr.curvature.capture import grouped_gradients
 from lit_attr.curvature.conv_gram import ConvPlan, conv_patch_gram, conv_plan_for
@@ -121,3 +121,28 @@ def test_layerwise_scores_equal_flat_scores(mode):
     layerwise = per_example_loss_scores(eps, schedule, modules, x0, timesteps, noise, queries, model)
     expected = score_against(queries, flat)
     torch.testing.assert_close(layerwise, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp16"])
+def test_float_copy_of_the_query_store_leaves_the_scores_unchanged(mode):
+    """``with_float_copy`` (attribute.py's ``float_query_cache_mib``) only skips the per-batch conversion."""
+    model = tiny_unet()
+    modules = select_kfac_modules(model)
+    schedule = DiffusionSchedule(1000)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    timesteps = torch.randint(0, 1000, (3, 2), generator=gen)
+    noise = torch.randn(3, 2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    queries = compress(torch.randn(5, num_kfac_parameters(modules), generator=gen), mode)
+    copied = with_float_copy(queries, max_bytes=queries.shape[0] * queries.shape[1] * 4)
+    assert queries.float_values is None and torch.equal(copied.float_values, queries.values.float())
+    assert with_float_copy(queries, max_bytes=queries.shape[0] * queries.shape[1] * 4 - 1).float_values is None
+
+    def eps(xt, t):
+        return model(xt, t).sample
+
+    plain = per_example_loss_scores(eps, schedule, modules, x0, timesteps, noise, queries, model)
+    cached = per_example_loss_scores(eps, schedule, modules, x0, timesteps, noise, copied, model)
+    torch.testing.assert_close(cached, plain, rtol=0, atol=0)
+    flat = flatten_gradients(per_example_loss_gradients(eps, schedule, modules, x0, timesteps, noise, model))
+    torch.testing.assert_close(score_against(copied, flat), score_against(queries, flat), rtol=0, atol=0)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from lit_attr.attribution.quantize import QueryCompression, compress, decompress, score_against
+from lit_attr.attribution.memory import QUERY_BYTES
+from lit_attr.attribution.quantize import QueryCompression, compress, decompress, score_against, with_float_copy
 
 
 def gradient_like(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -75,3 +76,20 @@ def test_compressing_blocks_of_rows_equals_compressing_all():
     whole = compress(x)
     blocks = concat_compressed([compress(x[:3]), compress(x[3:6]), compress(x[6:])])
     assert torch.equal(blocks.values, whole.values) and torch.equal(blocks.scales, whole.scales)
+
+
+@pytest.mark.parametrize("mode, budget, expected", [
+    ("int8", 4_000_000, 1_000_000 + 4_000_000),  # the float32 copy fits: counted
+    ("int8", 3_999_999, 1_000_000),  # it does not: the store alone
+    ("fp16", 4_000_000, 2_000_000 + 4_000_000),
+    ("none", 10**9, 4_000_000),  # already float32: no copy
+])
+def test_memory_estimate_counts_the_float_copy_of_the_queries(mode, budget, expected):
+    from lit_attr.attribution.memory import RunShape, estimate_memory
+
+    shape = RunShape(num_params=1000, activation_bytes_per_row=0, curvature_entries=0, num_queries=1000,
+                     query_batch_size=1, measurement_draws=1, batch_size=1, num_draws=1, curvature_draws=0,
+                     query_compression=mode, float_query_cache_bytes=budget)
+    assert estimate_memory(shape).queries == expected
+    copied = with_float_copy(compress(torch.ones(1000, 1000), mode), budget)
+    assert (copied.float_values is not None) == (expected > 1000 * 1000 * QUERY_BYTES[mode])

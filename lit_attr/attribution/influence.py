@@ -34,6 +34,7 @@ from lit_attr.attribution.quantize import (
     compress,
     concat_compressed,
     score_against,
+    with_float_copy,
 )
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.attribution.scoring_module import ScoreDTypeName
@@ -73,6 +74,9 @@ class InfluenceModule(GradientPassModule):
         top_k: training examples per kind (positive, negative, neutral) in the report and figure.
         overwrite: discard an existing run in ``output_dir`` made with other settings.
         query_batch_size: queries whose gradients are computed together.
+        float_query_cache_mib: keep a float32 copy of an int8/fp16 query store while it takes at most this many
+            MiB (Q x D x 4 bytes; 1000 queries of the digits model: 670 MiB), so the scoring pass reads the float32
+            columns instead of converting the store once per batch; the scores are the same. 0: never.
         relative_influence: divide each training example's scores by the norm of its loss gradient,
             ``score[j, q] / ||grad L(x_j)||`` (relative influence, cf. RelatIF, Barshan et al. 2020): ranks examples by
             how much of their gradient points at the query rather than by its size. Not eq. 6 any more (no
@@ -95,8 +99,11 @@ class InfluenceModule(GradientPassModule):
         overwrite: bool = False,
         query_batch_size: int = 16,
         relative_influence: bool = False,
+        float_query_cache_mib: float = 1024,
     ) -> None:
         self.relative_influence = bool(relative_influence)
+        self.float_query_cache_bytes = int(number(float_query_cache_mib, "--model.float_query_cache_mib", low=0.0)
+                                           * 2**20)
         self.damping = number(damping, "--model.damping", low=0.0)
         self.query_compression = QueryCompression(query_compression)
         super().__init__(checkpoint, output_dir, queries, measurement, num_draws, seed, draw_scheme, score_dtype,
@@ -133,7 +140,8 @@ class InfluenceModule(GradientPassModule):
         return replace(super().run_shape(batch_size),
                        curvature_entries=sum(out * out + cols * cols for out, cols in shapes.values()),
                        curvature_draws=getattr(self._curvature_callback(required=False), "num_draws", 0),
-                       query_compression=self.query_compression.value)
+                       query_compression=self.query_compression.value,
+                       float_query_cache_bytes=self.float_query_cache_bytes)
 
     def curvature_request(self) -> CurvatureRequest | None:
         """The curvature ``KFACCallback`` provides before predicting (``contracts.CurvatureConsumer``);
@@ -162,7 +170,7 @@ class InfluenceModule(GradientPassModule):
             for rows in self.preconditioned_query_blocks():
                 check_finite({"preconditioned query gradients": rows}, "query preconditioning", CURVATURE_CAUSE)
                 blocks.append(compress(rows, self.query_compression))
-        self.query_rows = concat_compressed(blocks)
+        self.query_rows = with_float_copy(concat_compressed(blocks), self.float_query_cache_bytes)
         self.timings["queries_s"] = time.perf_counter() - start
 
     def preconditioned_query_blocks(self) -> Iterator[Tensor]:

@@ -5,6 +5,7 @@ examples per batch with S draws each, and ``a`` the bytes of all layer outputs o
 image, one timestep; measured with one forward pass), the run holds at once
 
     queries       Q D b_q                      (b_q = 1 int8, 2 fp16, 4 none)
+                  + Q D 4 for int8/fp16 when that float32 copy fits --model.float_query_cache_mib
     curvature     sum_layers ((in+1)^2 + out^2) * 24    (float64 sums + eigh + float32 eigenbasis)
 
 plus the largest of its steps (float32 gradient matrices are kept three times: per layer,
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lit_attr.attribution.quantize import float_copy_bytes
 from lit_attr.diffusion.loss import unet_eps_model
 from lit_attr.errors import ConfigError, ResourceError
 
@@ -59,6 +61,14 @@ class RunShape:
     query_compression: str
     projection_bytes: int = 0
     """TRAK / D-TRAK: the random projection matrix kept for the whole run (0 for K-FAC influence)."""
+    float_query_cache_bytes: int = 0
+    """The most bytes a float32 copy of the query store may take (``quantize.with_float_copy``; 0: none)."""
+
+    @property
+    def query_float_copy(self) -> int:
+        """Bytes of the float32 copy of the query store the run keeps (0 when it does not fit the budget)."""
+        size = float_copy_bytes(self.num_queries, self.num_params, self.query_compression)
+        return size if size <= self.float_query_cache_bytes else 0
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,9 @@ class MemoryEstimate:
         return self.resident + max(self.query_block, self.scoring_batch, self.curvature_batch)
 
     def summary(self, shape: RunShape) -> str:
-        return (f"queries {human(self.queries)} ({shape.num_queries} x {shape.num_params:,} {shape.query_compression}), "
+        copy = " + float32 copy" if shape.query_float_copy else ""
+        return (f"queries {human(self.queries)} ({shape.num_queries} x {shape.num_params:,} {shape.query_compression}"
+                f"{copy}), "
                 f"curvature {human(self.curvature)}, query block {human(self.query_block)}, scoring batch "
                 f"{human(self.scoring_batch)} ({shape.batch_size} examples x {shape.num_draws} draws), curvature "
                 f"batch {human(self.curvature_batch)}"
@@ -95,7 +107,7 @@ def estimate_memory(shape: RunShape) -> MemoryEstimate:
     a, d = shape.activation_bytes_per_row, shape.num_params
     block = min(shape.query_batch_size, shape.num_queries)
     return MemoryEstimate(
-        queries=shape.num_queries * d * QUERY_BYTES[shape.query_compression],
+        queries=shape.num_queries * d * QUERY_BYTES[shape.query_compression] + shape.query_float_copy,
         curvature=shape.curvature_entries * CURVATURE_BYTES_PER_ENTRY,
         query_block=block * (d * 4 * GRADIENT_COPIES + shape.measurement_draws * a * ACTIVATION_COPIES),
         scoring_batch=_batch_bytes(shape, shape.batch_size),
@@ -130,6 +142,8 @@ def check_memory(shape: RunShape, device: torch.device) -> str:
         fits = largest_fitting_batch_size(shape, available)
         fix = (f"use --data.batch_size {fits}" if 0 < fits < shape.batch_size else
                "use fewer queries per run, a smaller --model.query_batch_size or --model.query_compression int8")
+        if shape.query_float_copy and not 0 < fits < shape.batch_size:
+            fix += " (or --model.float_query_cache_mib 0: no float32 copy of the queries)"
         raise ResourceError(f"attribution needs about {human(estimate.total)} but {device} has {human(available)} "
                             f"free ({estimate.summary(shape)}); {fix}.")
     return f"{line} of {human(available)} free."

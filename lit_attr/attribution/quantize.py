@@ -3,7 +3,9 @@
 The paper stores query gradients in int8 (App. G.3): each row is scaled by its own absmax,
 ``scale = max|x| / 127``, ``q = round(x / scale)`` in [-127, 127], so ``|x - q scale| <= scale / 2``
 entrywise. Scores against training gradients fold the scale in after the matmul:
-``(train @ q^T) * scale``, i.e. the queries are never dequantised as a whole.
+``(train @ q^T) * scale``, i.e. the queries are never dequantised as a whole. Converting a layer's int8 columns
+to float32 costs a pass over them per scoring batch; ``with_float_copy`` keeps one float32 copy of the stored
+values (not of the scaled rows: the scores stay bit-identical) when the run can afford it.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ class CompressedRows:
         values: (Q, D) int8, float16 or float32.
         scales: (Q,) float32 per-row scales (int8 only), else None.
         mode: the compression.
+        float_values: None, or ``values`` converted to float32 once (``with_float_copy``), read by
+            ``unscaled_columns`` instead of converting the columns again for every batch.
     """
 
     values: Tensor
     scales: Tensor | None
     mode: QueryCompression
+    float_values: Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
@@ -79,6 +84,22 @@ def concat_compressed(parts: list[CompressedRows]) -> CompressedRows:
     """Rows of several ``CompressedRows`` (same mode) stacked: compressing blocks of rows equals compressing all."""
     scales = None if parts[0].scales is None else torch.cat([p.scales for p in parts])
     return CompressedRows(torch.cat([p.values for p in parts]), scales, parts[0].mode)
+
+
+def float_copy_bytes(num_queries: int, num_params: int, mode: QueryCompression | str) -> int:
+    """Bytes of the float32 copy ``with_float_copy`` would keep of a (Q, D) store (0 for ``none``: already float32)."""
+    return 0 if QueryCompression(mode) is QueryCompression.NONE else num_queries * num_params * 4
+
+
+def with_float_copy(compressed: CompressedRows, max_bytes: int) -> CompressedRows:
+    """``compressed`` with a float32 copy of its stored values beside them when the copy takes at most
+    ``max_bytes`` (else unchanged). Scores do not change (int8 and fp16 convert to float32 exactly); each
+    scoring batch then skips converting the (Q, D) store, which on a CPU costs about as much as the score
+    matmul itself for 1000 queries (``benchmarks/bench_queries.py``)."""
+    size = float_copy_bytes(*compressed.shape, compressed.mode)
+    if size == 0 or size > max_bytes or compressed.float_values is not None:
+        return compressed
+    return CompressedRows(compressed.values, compressed.scales, compressed.mode, compressed.values.float())
 
 
 def decompress(compressed: CompressedRows) -> Tensor:
@@ -128,6 +149,8 @@ def unscaled_block_scores(compressed: CompressedRows, block: Tensor, start: int,
 
 def unscaled_columns(compressed: CompressedRows, start: int, size: int) -> Tensor:
     """Columns ``start ... start + size - 1`` of the stored rows in float32, without the int8 scales: (Q, size)."""
+    if compressed.float_values is not None:
+        return compressed.float_values[:, start : start + size]
     return compressed.values[:, start : start + size].float()
 
 

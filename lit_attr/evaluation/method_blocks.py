@@ -27,7 +27,8 @@ ENTRY_KEYS = ("name", "batch_size", "attribute_config", "method", "model")
 ``batch_size`` from its ``data.batch_size`` unless the entry sets another)."""
 FILE_KEYS = ("method", "model", "trainer", "data", "seed_everything")
 """Top-level keys of an ``attribute.py`` config."""
-BENCHMARK_PROVIDED = ("checkpoint", "output_dir", "queries", "top_k", "overwrite", "score_dtype", "query_batch_size")
+BENCHMARK_PROVIDED = ("checkpoint", "output_dir", "queries", "top_k", "overwrite", "score_dtype", "query_batch_size",
+                      "float_query_cache_mib")
 """``model:`` keys the benchmark sets itself (its full model, folders, queries, storage and batching)."""
 CALLBACK_PROVIDED = ("factors_path", "fit_after_training", "progressbar")
 """``KFACCallback`` init_args the benchmark sets (its shared curvature folder)."""
