@@ -2,8 +2,8 @@
 
 Reads each root's ``results.json`` (written by ``evaluate.py run`` / ``report``) and prints, per method,
 the LDS of ``--target`` with the damping chosen on held-out subsets (two-fold cross-fitting), the paired
-per-query difference to the root's reference method (mean ± s.e.), and the root's oracle and seed
-reliability. This is the README's cross-dataset, cross-protocol table (README "Results").
+per-query difference to the root's reference method (mean ± s.e. over queries [± s.e. over a bootstrap of
+the subsets, when the results have it]), and the root's oracle and seed reliability. This is the README's cross-dataset, cross-protocol table (README "Results").
 """
 
 from __future__ import annotations
@@ -18,13 +18,19 @@ def _mean_se(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['stderr']:.3f}"
 
 
+def _subset(value: float | None) -> str:
+    """`` [± s]``: the bootstrap-over-subsets s.e. (results written before it existed have none)."""
+    return "" if value is None else f" [± {value:.3f}]"
+
+
 def _cell(row: dict | None) -> str:
     if row is None:
         return "–"
     value = row["selected"]
     diff = row.get("vs_reference")
-    paired = "" if diff is None or diff["method"] == row["method"] else f" ({diff['mean']:+.3f} ± {diff['stderr']:.3f})"
-    return f"{_mean_se(value)}{paired}"
+    paired = ("" if diff is None or diff["method"] == row["method"] else
+              f" ({diff['mean']:+.3f} ± {diff['stderr']:.3f}{_subset(row.get('vs_reference_subset_se'))})")
+    return f"{_mean_se(value)}{_subset(row.get('subset_se'))}{paired}"
 
 
 def main() -> int:

@@ -20,6 +20,8 @@ from lit_attr.metrics import (
     seed_reliability,
     spearman_per_query,
     split_half_reliability,
+    subset_bootstrap,
+    subset_resamples,
     subsets_to_masks,
 )
 
@@ -218,3 +220,42 @@ def test_draw_set_spread_is_zero_for_equal_draw_sets_and_grows_with_noise():
              for _ in range(4)]
     spread = draw_set_spread(noisy, masks, targets)
     assert spread.sd > 0.02 and max(spread.lds) < same.lds[0]
+
+
+def test_subset_bootstrap_of_the_identity_resample_is_the_lds_and_resamples_are_seeded():
+    scores, masks, measurements = random_benchmark(num_subsets=9)
+    metric = LinearDatamodelingScore()
+    metric.update(scores, masks, measurements)
+    identity = torch.arange(9)[None].repeat(2, 1)
+    values = subset_bootstrap(scores, masks, measurements, identity)
+    torch.testing.assert_close(values, metric.compute()["mean"].double().repeat(2))
+    assert torch.equal(subset_resamples(9, 50, seed=3), subset_resamples(9, 50, seed=3))
+    assert not torch.equal(subset_resamples(9, 50, seed=3), subset_resamples(9, 50, seed=4))
+    with pytest.raises(DataError, match=">= 2 subsets"):
+        subset_resamples(1)
+
+
+def test_subset_bootstrap_sees_a_subset_effect_shared_by_every_query():
+    """Targets = one subset-level factor common to all queries (+ a little per-query noise), scores that track
+    it only partly: every query's LDS moves together with the draw of the subsets, so the s.e. over queries is
+    far below the bootstrap-over-subsets s.e.; with independent per-query targets the two agree in size."""
+    gen = torch.Generator().manual_seed(0)
+    num_train, num_subsets, num_queries = 40, 12, 30
+    masks = torch.stack([torch.randperm(num_train, generator=gen) < num_train // 2 for _ in range(num_subsets)])
+    weights = torch.randn(num_train, generator=gen, dtype=torch.float64)
+    scores = weights[:, None] + 0.5 * torch.randn(num_train, num_queries, generator=gen, dtype=torch.float64)
+    removed = (~masks).double()
+    shared = removed @ weights  # (M,): the same subset effect for every query
+    resamples = subset_resamples(num_subsets, 300)
+
+    def spread(targets):
+        metric = LinearDatamodelingScore()
+        metric.update(scores, masks, targets)
+        return float(metric.compute()["stderr"]), float(subset_bootstrap(scores, masks, targets, resamples).std())
+
+    common = shared[:, None] + 0.05 * torch.randn(num_subsets, num_queries, generator=gen, dtype=torch.float64)
+    query_se, subset_se = spread(common)
+    assert subset_se > 3 * query_se
+    independent = removed @ torch.randn(num_train, num_queries, generator=gen, dtype=torch.float64)
+    query_se, subset_se = spread(independent)
+    assert subset_se < 2 * query_se

@@ -43,3 +43,11 @@ def test_methods_of_every_root_in_one_table(tmp_path):
 def test_a_root_without_results_is_refused_with_the_fix(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0 and "evaluate.py report" in result.stderr
+
+
+def test_the_bootstrap_over_subsets_is_shown_when_the_results_have_it(tmp_path):
+    pixel = {**_row("pixel", "loss", 0.2, -0.1, None), "subset_se": 0.07, "vs_reference_subset_se": 0.09}
+    _write(tmp_path / "a", "common", [_row("kfac", "loss", 0.3, None, 128), pixel], 0.18)
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "a")], capture_output=True, text=True,
+                         check=True).stdout
+    assert "| pixel | 0.200 ± 0.010 [± 0.070] (-0.100 ± 0.020 [± 0.090]) S=– |" in out

@@ -36,28 +36,35 @@ def _pm(stat: Stat | DampedStat | CrossFitted | PairedDifference | LDSRow | Remo
     return f"{stat.mean:.3f} ± {stat.stderr:.3f}" if not math.isnan(stat.stderr) else f"{stat.mean:.3f}"
 
 
+def _with_subset_se(text: str, subset_se: float | None) -> str:
+    """``text`` and, when known, the bootstrap-over-subsets s.e. in brackets: ``0.25 ± 0.02 [± 0.07]``."""
+    return text if subset_se is None or math.isnan(subset_se) else f"{text} [± {subset_se:.3f}]"
+
+
 def markdown(results: Results) -> str:
     """The LDS table, diagnostics and removal table as markdown."""
     reference = next((c.vs_reference.method for c in results.comparison if c.vs_reference is not None), "-")
     lines = ["| method | target | scores from | S | LDS (default damping) | LDS (damping chosen on held-out subsets) | "
              f"LDS (best damping, optimistic) | held-out minus {reference} (paired) |", "|---|---|---|---|---|---|---|---|"]
     for c in results.comparison:
-        delta = _pm(c.vs_reference) if c.vs_reference is not None else "n/a"
+        delta = "n/a" if c.vs_reference is None else _with_subset_se(_pm(c.vs_reference), c.vs_reference_subset_se)
         draws = c.num_draws or "–"
         chosen = "/".join(f"{d:g}" for d in c.selected.dampings)
         lines.append(f"| {c.method} | {c.target} | {c.approx} | {draws} | "
-                     f"{_pm(c.default)} ({c.default.damping:g}) | {_pm(c.selected)} ({chosen}) | "
+                     f"{_pm(c.default)} ({c.default.damping:g}) | "
+                     f"{_with_subset_se(_pm(c.selected), c.subset_se)} ({chosen}) | "
                      f"{_pm(c.best)} ({c.best.damping:g}) | {delta} |")
     lines += [""]
     lines += [f"LDS on {results.num_subsets} subsets ({results.num_subsets_with_two_seeds} with two seeds), "
               f"{results.num_queries} queries, N = {results.num_train}, seeding protocol "
-              f"`{results.protocol}`; mean ± s.e. over queries.", "",
+              f"`{results.protocol}`; mean ± s.e. over queries [± s.e. over a bootstrap of the subsets: all queries "
+              "share the subsets, so differences below it are not resolved].", "",
               "| method | draws | S | target | scores from | damping | LDS | split-half | LDS s.d. over draw sets |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in results.lds:
         spread = f"{r.draw_sets.sd:.3f} ({len(r.draw_sets.lds)} sets)" if r.draw_sets is not None else "n/a"
         lines.append(f"| {r.method} | {r.draw_scheme} | {r.num_draws} | {r.target} | {r.approx} | "
-                     f"{r.damping:g} | {_pm(r)} | {_pm(r.split_half)} | {spread} |")
+                     f"{r.damping:g} | {_with_subset_se(_pm(r), r.subset_se)} | {_pm(r.split_half)} | {spread} |")
     lines += ["", "Noise diagnostics (targets):", "",
               "| target | oracle LDS (exact retraining) | seed reliability | measurement MC reliability |",
               "|---|---|---|---|"]

@@ -10,7 +10,10 @@ substitution) and damping, the LDS of eq. (13) via ``LinearDatamodelingScore``. 
 - ``measurement MC reliability``: the same between the two independent halves of the true-measurement
   draws of seed 0 (the MC noise left in the targets);
 - ``split-half``: Spearman across subsets between the predictions of the two halves of the S draws of a
-  method (the MC noise of the scores).
+  method (the MC noise of the scores);
+- ``subset s.e.``: the standard deviation of each LDS over ``SUBSET_RESAMPLES`` bootstrap resamples of the
+  subsets (the same resamples for every method, so differences pair): the uncertainty from which M subsets
+  were drawn, which the s.e. over queries leaves out (all queries share the subsets).
 
 The report files (JSON, markdown, PNG, TensorBoard) are written by ``lit_attr.evaluation.report``.
 """
@@ -49,9 +52,14 @@ from lit_attr.metrics.lds import (
     seed_reliability,
     spearman_per_query,
     split_half_reliability,
+    subset_bootstrap,
+    subset_resamples,
     subsets_to_masks,
 )
 from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences
+
+SUBSET_RESAMPLES = 200
+"""Bootstrap resamples of the subsets behind every ``subset_se`` (seed 0: the same rows for every method)."""
 
 
 def lds(scores: np.ndarray, masks: torch.Tensor, targets: torch.Tensor) -> LDSValue:
@@ -138,6 +146,7 @@ def lds_rows(method: MethodConfig, score_set: ScoreSet, outcomes: BenchmarkOutco
              targets: list[str]) -> list[LDSRow]:
     """The LDS rows of one score set: per approximating measurement, damping and target."""
     masks, measured = outcomes.masks, outcomes.measured
+    resamples = subset_resamples(len(masks), SUBSET_RESAMPLES) if len(masks) >= 2 else None
     rows = []
     for a, approx in enumerate(score_set.approx):
         for d, damping in enumerate(score_set.dampings):
@@ -150,10 +159,35 @@ def lds_rows(method: MethodConfig, score_set: ScoreSet, outcomes: BenchmarkOutco
                 spread = None
                 if score_set.draw_sets:
                     spread = draw_set_spread([s[:, a, d] for s in score_set.draw_sets], masks, measured[:, :, 0, t])
+                replicates = None
+                if resamples is not None:
+                    replicates = subset_bootstrap(torch.from_numpy(np.ascontiguousarray(score_set.scores[:, a, d])),
+                                                  masks, measured[:, :, 0, t], resamples)
                 rows.append(LDSRow(method.name, method.kind, method.draw_scheme, score_set.draws, target, approx,
                                    damping, d == 0, split, value.mean, value.stderr, value.per_query, value.folds,
-                                   spread))
+                                   spread, *_subset_spread(replicates)))
     return rows
+
+
+def _subset_spread(replicates: torch.Tensor | None) -> tuple[float | None, tuple[float, ...] | None]:
+    """``(subset_se, subset_replicates)`` of an LDS row from its bootstrap values (None without them)."""
+    if replicates is None:
+        return None, None
+    return _sd(replicates), tuple(float(v) for v in replicates)
+
+
+def _sd(values: torch.Tensor) -> float:
+    finite = values[values.isfinite()]
+    return float(finite.std(correction=1)) if len(finite) > 1 else float("nan")
+
+
+def _held_out_replicates(sweep: list[LDSRow], dampings: list[float]) -> torch.Tensor | None:
+    """Bootstrap values of a cross-fitted LDS: the mean of the replicates of the rows at the dampings the two
+    folds chose (an approximation: the choice itself is not redone per resample)."""
+    chosen = [next(r for r in sweep if r.damping == d) for d in dampings]
+    if any(r.subset_replicates is None for r in chosen):
+        return None
+    return torch.tensor([r.subset_replicates for r in chosen], dtype=torch.float64).mean(dim=0)
 
 
 def substitution_tables(rows: list[LDSRow]) -> list[SubstitutionTable]:
@@ -239,15 +273,22 @@ def comparison(rows: list[LDSRow], reference: str | None = None) -> list[Compari
     out = []
     for r in heads:
         b = best[(r.method, r.target)]
-        selected = cross_fitted(_sweep(rows, r))
-        vs_reference = None
+        sweep = _sweep(rows, r)
+        selected = cross_fitted(sweep)
+        replicates = _held_out_replicates(sweep, selected.dampings)
+        vs_reference, vs_reference_se = None, None
         ref = _reference_row(rows, best.get((reference, r.target)), r.num_draws)
         if ref is not None:
-            ref_selected = cross_fitted(_sweep(rows, ref))
+            ref_sweep = _sweep(rows, ref)
+            ref_selected = cross_fitted(ref_sweep)
             vs_reference = PairedDifference.of(reference, torch.tensor(selected.per_query, dtype=torch.float64)
                                                - torch.tensor(ref_selected.per_query, dtype=torch.float64))
+            ref_replicates = _held_out_replicates(ref_sweep, ref_selected.dampings)
+            if replicates is not None and ref_replicates is not None:
+                vs_reference_se = _sd(replicates - ref_replicates)
         out.append(ComparisonRow(r.method, r.target, r.approx, r.num_draws, DampedStat(r.damping, r.mean, r.stderr),
-                                 selected, DampedStat(b.damping, b.mean, b.stderr), vs_reference))
+                                 selected, DampedStat(b.damping, b.mean, b.stderr), vs_reference,
+                                 None if replicates is None else _sd(replicates), vs_reference_se))
     return out
 
 

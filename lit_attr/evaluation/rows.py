@@ -1,13 +1,14 @@
 """The typed rows of a benchmark's results (``lit_attr.evaluation.results``) and their JSON form.
 
 Every number is a plain float (``mean``, ``stderr``: mean and standard error over queries, Mlodozeniec et
-al. eq. 13 per query); ``Results.to_json`` gives ``results.json``'s dict, keys in field order, optional
-parts (``None``) left out.
+al. eq. 13 per query; ``subset_se``: the standard deviation of the LDS over a bootstrap of the subsets,
+``lit_attr.metrics.lds.subset_bootstrap``); ``Results.to_json`` gives ``results.json``'s dict, keys in field
+order, optional parts (``None``) and in-memory fields (``metadata={"json": False}``) left out.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -16,10 +17,10 @@ from lit_attr.metrics.lds import mean_and_stderr
 
 
 def to_json(row: Any) -> dict[str, Any]:
-    """``dataclasses.asdict(row)`` without its optional top-level fields (default ``None``) that are ``None``:
-    they are absent from the JSON."""
+    """``dataclasses.asdict(row)`` without its optional top-level fields (default ``None``) that are ``None``
+    and without its in-memory fields (``metadata={"json": False}``): they are absent from the JSON."""
     return {f.name: value for f, value in zip(fields(row), asdict(row).values())
-            if not (value is None and f.default is None)}
+            if not (value is None and f.default is None) and f.metadata.get("json", True)}
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class LDSRow:
     per_query: list[float]
     folds: list[list[float]]
     draw_sets: DrawSetSpread | None = None
+    subset_se: float | None = None
+    subset_replicates: tuple[float, ...] | None = field(default=None, repr=False, compare=False,
+                                                        metadata={"json": False})
+    """The mean LDS on each bootstrap resample of the subsets (shared by every row, so differences pair)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,10 @@ class ComparisonRow:
     selected: CrossFitted
     best: DampedStat
     vs_reference: PairedDifference | None = None
+    subset_se: float | None = None
+    """Bootstrap-over-subsets s.e. of the held-out LDS (the rows at the two folds' dampings, averaged)."""
+    vs_reference_subset_se: float | None = None
+    """The same for the paired difference to the reference method."""
 
 
 @dataclass(frozen=True)

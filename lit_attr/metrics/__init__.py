@@ -7,6 +7,8 @@ from lit_attr.metrics.lds import (
     seed_reliability,
     spearman_per_query,
     split_half_reliability,
+    subset_bootstrap,
+    subset_resamples,
     subsets_to_masks,
 )
 from lit_attr.metrics.retraining import RetrainingWithoutTopInfluences, random_removal, top_influence_removal
@@ -20,6 +22,8 @@ __all__ = [
     "seed_reliability",
     "spearman_per_query",
     "split_half_reliability",
+    "subset_bootstrap",
+    "subset_resamples",
     "subsets_to_masks",
     "top_influence_removal",
 ]

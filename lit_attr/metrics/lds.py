@@ -110,6 +110,37 @@ def ensemble_targets(measurements: Tensor) -> Tensor:
     return measurements.double().nanmean(dim=1)
 
 
+def subset_resamples(num_subsets: int, num_resamples: int = 200, seed: int = 0) -> Tensor:
+    """(B, M) positions of M subsets drawn with replacement, B times: a seeded bootstrap over the subsets.
+
+    Every method of a benchmark is resampled with the same rows, so differences between methods are paired.
+    """
+    if num_subsets < 2 or num_resamples < 2:
+        raise DataError(f"A bootstrap over subsets needs >= 2 subsets and >= 2 resamples; got {num_subsets} and "
+                        f"{num_resamples}.")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_subsets, (num_resamples, num_subsets), generator=generator)
+
+
+def subset_bootstrap(scores: Tensor, subset_masks: Tensor, measurements: Tensor, resamples: Tensor) -> Tensor:
+    """The LDS (mean over queries) on each bootstrap resample of the subsets: (B,).
+
+    All queries are scored against the same M subsets, so a subset-level effect common to every query (e.g. how
+    well that subset's models trained overall) moves all per-query LDS together; the s.e. over queries does
+    not see it. The standard deviation of these values does: it is the LDS's uncertainty from the draw of
+    the subsets (eq. 13 with D_1..D_M resampled), holding the queries fixed.
+
+    Args:
+        scores: (num_train, num_queries); subset_masks: bool (M, num_train); measurements: (M, K, Q) or (M, Q).
+        resamples: (B, M) subset positions (``subset_resamples``).
+    """
+    predictions = predicted_changes(scores, subset_masks)
+    targets = ensemble_targets(measurements).to(predictions)
+    values = [spearman_per_query(predictions[rows], targets[rows]) for rows in resamples]
+    return torch.stack([v[v.isfinite()].mean() if v.isfinite().any() else v.new_tensor(float("nan"))
+                        for v in values])
+
+
 def mean_and_stderr(values: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and standard error ``std(ddof=1) / sqrt(n)`` over the finite entries of ``values``."""
     finite = values[values.isfinite()].double()
