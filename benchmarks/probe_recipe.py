@@ -21,35 +21,48 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+class Recipe(NamedTuple):
+    """One training recipe: full-data steps (each half subset trains half as many), peak learning rate,
+    EMA decay (0: final weights), batch size, the U-Net's ``block_out_channels`` and whether each example's
+    order and draws are keyed by its index (``--data.example_keyed``)."""
+
+    steps: int
+    lr: float
+    ema: float
+    batch_size: int
+    channels: tuple[int, int] = (16, 32)
+    example_keyed: bool = False
+
+
 RECIPES = {
-    # name: (full-data steps, peak lr, EMA decay (0: final weights), batch size)
-    "short_ema": (600, 3e-3, 0.99, 128),  # the benchmark recipe before this probe
-    "short": (600, 3e-3, 0.0, 128),
-    "long": (1000, 3e-3, 0.0, 128),
-    "long_ema": (1000, 3e-3, 0.99, 128),
-    "longer": (1600, 3e-3, 0.0, 128),
-    "long_lowlr": (1000, 1e-3, 0.0, 128),
-    "long_b64": (1000, 3e-3, 0.0, 64),
-    "long_keyed": (1000, 3e-3, 0.0, 128),  # "long" with --data.example_keyed: common random numbers per example
+    "short_ema": Recipe(600, 3e-3, 0.99, 128),  # the benchmark recipe before this probe
+    "short": Recipe(600, 3e-3, 0.0, 128),
+    "long": Recipe(1000, 3e-3, 0.0, 128),  # the benchmark's recipe (configs/lds/digits_train.yaml)
+    "long_ema": Recipe(1000, 3e-3, 0.99, 128),
+    "longer": Recipe(2000, 3e-3, 0.0, 128),  # twice the steps: closer to memorising each subset
+    "long_lowlr": Recipe(1000, 1e-3, 0.0, 128),
+    "long_b64": Recipe(1000, 3e-3, 0.0, 64),
+    "long_wide": Recipe(1000, 3e-3, 0.0, 128, channels=(32, 64)),  # 4x the parameters (0.7M)
+    "long_keyed": Recipe(1000, 3e-3, 0.0, 128, example_keyed=True),  # common random numbers per example
 }
-EXAMPLE_KEYED = {"long_keyed"}
-"""Recipes trained with ``--data.example_keyed true`` (each example's order and draws keyed by its index)."""
 
 
-def recipe_config(dataset: str, lr: float, ema: float, batch_size: int, example_keyed: bool = False) -> dict:
+def recipe_config(dataset: str, recipe: Recipe) -> dict:
     """A ``train.py`` config (the digits LDS recipe with the probed settings)."""
-    recipe = yaml.safe_load((ROOT / "configs" / "lds" / "digits_train.yaml").read_text())
-    recipe["model"]["optimizer"]["lr"] = lr
-    recipe["model"]["ema_decay"] = ema
-    recipe["data"] = {"dataset": dataset, "batch_size": batch_size, "num_workers": 0}
-    if example_keyed:
-        recipe["data"]["example_keyed"] = True
-    return recipe
+    config = yaml.safe_load((ROOT / "configs" / "lds" / "digits_train.yaml").read_text())
+    config["model"]["optimizer"]["lr"] = recipe.lr
+    config["model"]["ema_decay"] = recipe.ema
+    config["model"]["unet"]["block_out_channels"] = list(recipe.channels)
+    config["data"] = {"dataset": dataset, "batch_size": recipe.batch_size, "num_workers": 0}
+    if recipe.example_keyed:
+        config["data"]["example_keyed"] = True
+    return config
 
 
 def benchmark_config(root: Path, recipe_path: Path, steps: int, subsets: int, queries: int) -> dict:
@@ -70,13 +83,14 @@ def benchmark_config(root: Path, recipe_path: Path, steps: int, subsets: int, qu
 
 
 def run_recipe(name: str, args: argparse.Namespace) -> dict:
-    steps, lr, ema, batch_size = RECIPES[name]
+    recipe = RECIPES[name]
     root = Path(args.root) / args.dataset / name
     root.mkdir(parents=True, exist_ok=True)
     recipe_path = root / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe_config(args.dataset, lr, ema, batch_size, name in EXAMPLE_KEYED)))
+    recipe_path.write_text(yaml.safe_dump(recipe_config(args.dataset, recipe)))
     config_path = root / "benchmark.yaml"
-    config_path.write_text(yaml.safe_dump(benchmark_config(root, recipe_path, steps, args.subsets, args.queries)))
+    config_path.write_text(yaml.safe_dump(benchmark_config(root, recipe_path, recipe.steps, args.subsets,
+                                                           args.queries)))
     start = time.perf_counter()
     code = subprocess.call([sys.executable, str(ROOT / "evaluate.py"), "run", "--config", str(config_path)], cwd=ROOT)
     if code:
@@ -85,7 +99,8 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     times = [json.loads(p.read_text()).get("fit_seconds", float("nan")) for p in root.glob("retrain/*/*/done.json")]
     lds = {(r["method"], r["target"]): r for r in results["lds"] if r["default_damping"]}
     diag = results["diagnostics"]["loss"]
-    return {"recipe": name, "steps": steps, "lr": lr, "ema": ema, "batch_size": batch_size,
+    return {"recipe": name, "steps": recipe.steps, "lr": recipe.lr, "ema": recipe.ema,
+            "batch_size": recipe.batch_size, "channels": list(recipe.channels),
             "oracle": diag.get("oracle_lds"), "mc_reliability": diag["measurement_mc_reliability"],
             "fit_seconds": sum(times) / max(1, len(times)), "wall_min": (time.perf_counter() - start) / 60,
             **{m: lds[(m, "loss")] for m in ("kfac_stratified", "kfac_shared_stratified", "pixel")
@@ -107,11 +122,11 @@ def main() -> int:
     rows = [run_recipe(name, args) for name in args.recipes]
     print(f"\nRecipe probe on {args.dataset}: {args.subsets} subsets x 2 seeds (common), {args.queries} queries, "
           "loss target; K-FAC S = 32, damping 1e-8")
-    print("| recipe | full steps | lr | EMA | batch | oracle | K-FAC stratified | K-FAC shared+stratified | pixel | "
+    print("| recipe | full steps | lr | EMA | batch | channels | oracle | K-FAC stratified | K-FAC shared+stratified | pixel | "
           "s / subset model |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['recipe']} | {r['steps']} | {r['lr']:g} | {r['ema']:g} | {r['batch_size']} | {_pm(r['oracle'])} | "
+        print(f"| {r['recipe']} | {r['steps']} | {r['lr']:g} | {r['ema']:g} | {r['batch_size']} | {r['channels']} | {_pm(r['oracle'])} | "
               f"{_pm(r.get('kfac_stratified'))} | {_pm(r.get('kfac_shared_stratified'))} | {_pm(r.get('pixel'))} | "
               f"{r['fit_seconds']:.0f} |")
     out = Path(args.root) / args.dataset / "probe.json"

@@ -182,6 +182,10 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert all(c["target"] != "loss_at_t300" for c in results["comparison"])
     paired = {(c["method"], c["target"]): c["vs_reference"] for c in results["comparison"]}
     assert paired["kfac", "loss"] == {"method": "kfac", "mean": 0.0, "stderr": 0.0}  # reference: the first method
+    # the bootstrap over subsets: on every LDS row; in the comparison for the held-out LDS and the paired difference
+    assert all(r["subset_se"] >= 0 and "subset_replicates" not in r for r in results["lds"])
+    reference_row = next(c for c in results["comparison"] if (c["method"], c["target"]) == ("kfac", "loss"))
+    assert reference_row["vs_reference_subset_se"] == 0.0 and reference_row["subset_se"] > 0
     trak_sweep = [r for r in results["lds"] if (r["method"], r["target"]) == ("trak", "loss")]
     kfac_sweep = [r for r in results["lds"] if (r["method"], r["target"], r["approx"], r["num_draws"]) ==
                   ("kfac", "loss", "loss", trak_sweep[0]["num_draws"])]  # same S
@@ -268,6 +272,11 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert len(rows) == 2 * 2 * 2  # training function x query function x (K-FAC 1e-3, identity)
     assert all(-1 <= float(row.split("|")[4].split("±")[0]) <= 1 for row in rows)
     assert "score columns agree at Spearman" in probed.stdout
+    seeds = run_script("benchmarks/probe_seeds.py", str(bench), "--resamples=20", threads=1)
+    assert seeds.returncode == 0, seeds.stderr[-3000:]
+    assert "3 subsets x 2 seeds; seed reliability" in seeds.stdout  # the subset without its second seed is left out
+    assert "| method | S | seed 0 | seed 1 | mean of 2 seeds |" in seeds.stdout
+    assert any(line.startswith("| kfac | 4 | ") and line.count("[±") == 3 for line in seeds.stdout.splitlines())
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout

@@ -1,0 +1,93 @@
+"""How much does the LDS depend on which retrained seed is the target?
+
+On finished benchmark roots with K >= 2 seeds on the subsets, every method's stored scores (the most draws,
+default damping, scores of the loss) are ranked against the loss of each seed alone, eq. 13's mean over all
+seeds, and the mean over the first two. Per cell: LDS, mean ± s.e. over queries [± s.e. over a bootstrap of
+the subsets, ``lit_attr.metrics.lds.subset_bootstrap``]. Only subsets with every seed are used. Also prints the
+seed reliability (Spearman across subsets between seeds 0 and 1) and the mean relative change of each seed's
+query loss against the full model.
+
+    python benchmarks/probe_seeds.py runs/lds_digits runs/lds_patches
+
+Cost: seconds per root (no model is run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probe_functions import load_benchmark  # noqa: E402
+
+from lit_attr.evaluation.campaign import pick_score_set  # noqa: E402
+from lit_attr.metrics.lds import (  # noqa: E402
+    LinearDatamodelingScore,
+    seed_reliability,
+    subset_bootstrap,
+    subset_resamples,
+)
+
+
+def target_columns(measured: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The targets compared, each (M, k, Q): every seed alone, the first two seeds' mean, all seeds' mean."""
+    num_seeds = measured.shape[1]
+    columns = {f"seed {k}": measured[:, k : k + 1] for k in range(num_seeds)}
+    if num_seeds > 2:
+        columns["mean of seeds 0-1"] = measured[:, :2]
+    columns[f"mean of {num_seeds} seeds"] = measured
+    return columns
+
+
+def probe(root: Path, resamples: int) -> None:
+    bench, outcomes = load_benchmark(root)
+    measured = outcomes.measured[:, :, 0, 0]  # (M, K, Q), loss target
+    complete = ~measured.isnan().any(dim=2).any(dim=1)
+    if measured.shape[1] < 2 or int(complete.sum()) < 3:
+        raise SystemExit(f"{root}: needs >= 3 subsets with >= 2 seeds; train them with --retraining.num_seeds 2 "
+                         "--retraining.extra_seed_subsets null.")
+    measured, masks = measured[complete], outcomes.masks[complete]
+    rows = subset_resamples(len(masks), resamples)
+    full = bench.full_measurements()[0, 0]
+    change = ((measured - full) / full).mean(dim=(0, 2))
+    reliability = seed_reliability(measured)
+    print(f"\n{root}: {len(masks)} subsets x {measured.shape[1]} seeds; seed reliability (0 vs 1) "
+          f"{float(reliability.nanmean()):.3f}; query loss vs the full model: "
+          + ", ".join(f"seed {k} {float(c):+.1%}" for k, c in enumerate(change)))
+    columns = target_columns(measured)
+    print("| method | S | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
+    for method in bench.config.methods:
+        try:
+            score_set = pick_score_set(bench.score_sets(method), "loss", None)
+        except (FileNotFoundError, RuntimeError, KeyError, ValueError):
+            continue
+        approx = list(score_set.approx).index("loss") if "loss" in score_set.approx else 0
+        scores = torch.from_numpy(np.ascontiguousarray(score_set.scores[:, approx, 0])).double()
+        cells = []
+        for targets in columns.values():
+            metric = LinearDatamodelingScore()
+            metric.update(scores, masks, targets)
+            value = metric.compute()
+            spread = subset_bootstrap(scores, masks, targets, rows).std()
+            cells.append(f"{float(value['mean']):.3f} ± {float(value['stderr']):.3f} [± {float(spread):.3f}]")
+        print(f"| {method.name} | {score_set.draws or '–'} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path)
+    parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the subsets")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for root in args.roots:
+        probe(root, args.resamples)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
