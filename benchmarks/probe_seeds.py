@@ -4,8 +4,8 @@ On finished benchmark roots with K >= 2 seeds on the subsets, every method's sto
 default damping, scores of the loss) are ranked against the loss of each seed alone, eq. 13's mean over all
 seeds, and the mean over the first two. Per cell: LDS, mean ± s.e. over queries [± s.e. over a bootstrap of
 the subsets, ``lit_attr.metrics.lds.subset_bootstrap``]. Only subsets with every seed are used. Also prints the
-seed reliability (Spearman across subsets between seeds 0 and 1) and the mean relative change of each seed's
-query loss against the full model.
+seed reliability (Spearman across subsets between seeds 0 and 1, and its mean over all pairs of seeds) and the
+mean relative change of each seed's query loss against the full model.
 
     python benchmarks/probe_seeds.py runs/lds_digits runs/lds_patches
 
@@ -55,9 +55,11 @@ def probe(root: Path, resamples: int) -> None:
     rows = subset_resamples(len(masks), resamples)
     full = bench.full_measurements()[0, 0]
     change = ((measured - full) / full).mean(dim=(0, 2))
-    reliability = seed_reliability(measured)
+    pairs = [(a, b) for a in range(measured.shape[1]) for b in range(a + 1, measured.shape[1])]
+    reliability = torch.stack([seed_reliability(measured, a, b).nanmean() for a, b in pairs])
     print(f"\n{root}: {len(masks)} subsets x {measured.shape[1]} seeds; seed reliability (0 vs 1) "
-          f"{float(reliability.nanmean()):.3f}; query loss vs the full model: "
+          f"{float(reliability[0]):.3f}, mean over the {len(pairs)} pairs of seeds {float(reliability.mean()):.3f}; "
+          "query loss vs the full model: "
           + ", ".join(f"seed {k} {float(c):+.1%}" for k, c in enumerate(change)))
     columns = target_columns(measured)
     print("| method | S | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
