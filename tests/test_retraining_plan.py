@@ -149,6 +149,11 @@ def test_removal_plan_order_folders_and_index_files(tmp_path):
     control = remaining_positions(10, random_removal(10, 0.3, seed=4 + 1)).tolist()
     assert read_index_file(jobs[3].job.indices_file) == [100 + p for p in control]
     assert removal_jobs(BenchmarkConfig(root=str(tmp_path)), BenchmarkLayout(tmp_path), train_indices, None) == []
+    again = removal_jobs(config, BenchmarkLayout(tmp_path), train_indices, lambda method: scores[method.name])
+    assert [j.job for j in again] == [j.job for j in jobs]  # the same picks: planned again without complaint
+    changed = {**scores, "kfac": -scores["kfac"]}  # e.g. another damping chosen after more seeds were trained
+    with pytest.raises(StoreMismatchError, match="holds other training indices than this plan picks now.*delete"):
+        removal_jobs(config, BenchmarkLayout(tmp_path), train_indices, lambda method: changed[method.name])
 
 
 def test_scale_steps_keeps_epochs():

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from lit_attr.constants import SUBSET_INDICES_FILE
-from lit_attr.data.index_files import write_index_file
-from lit_attr.errors import ConfigError
+from lit_attr.data.index_files import read_index_file, write_index_file
+from lit_attr.errors import ConfigError, StoreMismatchError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig
 from lit_attr.evaluation.jobs import RetrainJob, SeedingProtocol, TrainingJob, job_done, scale_steps, training_seed
 from lit_attr.evaluation.layout import BenchmarkLayout
@@ -139,7 +139,17 @@ def _removal_jobs_of(config: BenchmarkConfig, layout: BenchmarkLayout, train_ind
 
 def _write_indices_once(path: Path, indices: Sequence[int]) -> None:
     """Write the index file ``path`` unless it exists (a plan names the same data every time); atomically, as
-    worker processes plan side by side."""
+    worker processes plan side by side.
+
+    Raises:
+        StoreMismatchError: the file exists with other indices. For a removal model this happens when the
+            method's scores or the damping chosen on the LDS subsets changed since it was planned (e.g. after
+            more seeds were trained): its results would belong to the old picks.
+    """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: write_index_file(tmp, list(indices)))
+    elif read_index_file(path) != [int(i) for i in indices]:
+        raise StoreMismatchError(f"{path} holds other training indices than this plan picks now (the scores, or the "
+                                 "damping chosen on the LDS subsets, changed since it was planned); delete "
+                                 f"{path.parent} to retrain it on the current picks, or use another benchmark root.")
