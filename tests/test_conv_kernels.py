@@ -103,8 +103,9 @@ def test_grouped_gradients_bias_column_and_batch_of_one():
     torch.testing.assert_close(whole[0, :, -1], g.sum(dim=(0, 2, 3)))
 
 
-@pytest.mark.parametrize("mode", ["none", "int8"])
-def test_layerwise_scores_equal_flat_scores(mode):
+def _scoring_case(num_queries: int, mode: str):
+    """A tiny U-Net's layer-wise loss scores and flat gradients of 3 examples x 2 draws, and ``num_queries``
+    compressed query rows: ``(scores_of(queries), flat_gradients, queries)``."""
     model = tiny_unet()
     modules = select_kfac_modules(model)
     schedule = DiffusionSchedule(1000)
@@ -112,13 +113,23 @@ def test_layerwise_scores_equal_flat_scores(mode):
     x0 = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
     timesteps = torch.randint(0, 1000, (3, 2), generator=gen)
     noise = torch.randn(3, 2, 1, 8, 8, generator=gen, dtype=torch.float64)
-    queries = compress(torch.randn(4, num_kfac_parameters(modules), generator=gen, dtype=torch.float64), mode)
+    queries = compress(torch.randn(num_queries, num_kfac_parameters(modules), generator=gen, dtype=torch.float64),
+                       mode)
 
     def eps(xt, t):
         return model(xt, t).sample
 
+    def scores_of(rows):
+        return per_example_loss_scores(eps, schedule, modules, x0, timesteps, noise, rows, model)
+
     flat = flatten_gradients(per_example_loss_gradients(eps, schedule, modules, x0, timesteps, noise, model))
-    layerwise = per_example_loss_scores(eps, schedule, modules, x0, timesteps, noise, queries, model)
+    return scores_of, flat, queries
+
+
+@pytest.mark.parametrize("mode", ["none", "int8"])
+def test_layerwise_scores_equal_flat_scores(mode):
+    scores_of, flat, queries = _scoring_case(4, mode)
+    layerwise = scores_of(queries)
     expected = score_against(queries, flat)
     torch.testing.assert_close(layerwise, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
@@ -126,23 +137,9 @@ def test_layerwise_scores_equal_flat_scores(mode):
 @pytest.mark.parametrize("mode", ["int8", "fp16"])
 def test_float_copy_of_the_query_store_leaves_the_scores_unchanged(mode):
     """``with_float_copy`` (attribute.py's ``float_query_cache_mib``) only skips the per-batch conversion."""
-    model = tiny_unet()
-    modules = select_kfac_modules(model)
-    schedule = DiffusionSchedule(1000)
-    gen = torch.Generator().manual_seed(1)
-    x0 = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
-    timesteps = torch.randint(0, 1000, (3, 2), generator=gen)
-    noise = torch.randn(3, 2, 1, 8, 8, generator=gen, dtype=torch.float64)
-    queries = compress(torch.randn(5, num_kfac_parameters(modules), generator=gen), mode)
+    scores_of, flat, queries = _scoring_case(5, mode)
     copied = with_float_copy(queries, max_bytes=queries.shape[0] * queries.shape[1] * 4)
     assert queries.float_values is None and torch.equal(copied.float_values, queries.values.float())
     assert with_float_copy(queries, max_bytes=queries.shape[0] * queries.shape[1] * 4 - 1).float_values is None
-
-    def eps(xt, t):
-        return model(xt, t).sample
-
-    plain = per_example_loss_scores(eps, schedule, modules, x0, timesteps, noise, queries, model)
-    cached = per_example_loss_scores(eps, schedule, modules, x0, timesteps, noise, copied, model)
-    torch.testing.assert_close(cached, plain, rtol=0, atol=0)
-    flat = flatten_gradients(per_example_loss_gradients(eps, schedule, modules, x0, timesteps, noise, model))
+    torch.testing.assert_close(scores_of(copied), scores_of(queries), rtol=0, atol=0)
     torch.testing.assert_close(score_against(copied, flat), score_against(queries, flat), rtol=0, atol=0)
