@@ -26,12 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probe_functions import load_benchmark  # noqa: E402
 
 from lit_attr.evaluation.campaign import pick_score_set  # noqa: E402
-from lit_attr.metrics.lds import (  # noqa: E402
-    LinearDatamodelingScore,
-    seed_reliability,
-    subset_bootstrap,
-    subset_resamples,
-)
+from lit_attr.evaluation.results import lds  # noqa: E402
+from lit_attr.metrics.lds import seed_reliability, subset_bootstrap, subset_resamples  # noqa: E402
 
 
 def target_columns(measured: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,14 +65,12 @@ def probe(root: Path, resamples: int) -> None:
         except (FileNotFoundError, RuntimeError, KeyError, ValueError):
             continue
         approx = list(score_set.approx).index("loss") if "loss" in score_set.approx else 0
-        scores = torch.from_numpy(np.ascontiguousarray(score_set.scores[:, approx, 0])).double()
+        scores = np.ascontiguousarray(score_set.scores[:, approx, 0])
         cells = []
         for targets in columns.values():
-            metric = LinearDatamodelingScore()
-            metric.update(scores, masks, targets)
-            value = metric.compute()
-            spread = subset_bootstrap(scores, masks, targets, rows).std()
-            cells.append(f"{float(value['mean']):.3f} ± {float(value['stderr']):.3f} [± {float(spread):.3f}]")
+            value = lds(scores, masks, targets)
+            spread = subset_bootstrap(torch.from_numpy(scores), masks, targets, rows).std()
+            cells.append(f"{value.mean:.3f} ± {value.stderr:.3f} [± {float(spread):.3f}]")
         print(f"| {method.name} | {score_set.draws or '–'} | " + " | ".join(cells) + " |", flush=True)
 
 
