@@ -22,7 +22,7 @@ from lit_attr.attribution.quantize import compress, score_against, with_float_co
 from lit_attr.curvature import num_kfac_parameters, select_kfac_modules
 from lit_attr.curvature.capture import grouped_gradients
 from lit_attr.curvature.conv_gram import ConvPlan, conv_patch_gram, conv_plan_for
-from lit_attr.curvature.conv_grads import grouped_conv_gradients, unfolded_group_gradients
+from lit_attr.curvature.conv_grads import grouped_conv_gradients, unfolded_group_chunks, unfolded_group_gradients
 from lit_attr.curvature.spectral import lag_sums
 from lit_attr.diffusion.schedule import DiffusionSchedule
 from tests.cases import tiny_unet
@@ -94,6 +94,11 @@ def test_group_gradient_kernels_equal_unfolded(geometry, group_size):
     )
     for kernel in (grouped_conv_gradients, unfolded_group_gradients):
         torch.testing.assert_close(kernel(module, x, g, group_size), expected, rtol=1e-12, atol=1e-12)
+    for elements in (1, 2**30):  # one group per chunk (the CPU's cache-sized chunks, taken to the limit); one chunk
+        chunks = list(unfolded_group_chunks(module, x, g, group_size, elements))
+        assert len(chunks) == (groups if elements == 1 else 1)
+        blocks = torch.cat([block for _, _, block in chunks]).transpose(2, 3).reshape(expected.shape)
+        torch.testing.assert_close(blocks, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_grouped_gradients_bias_column_and_batch_of_one():

@@ -25,6 +25,7 @@ from lit_attr.evaluation.config import (
 )
 from lit_attr.evaluation.layout import BenchmarkLayout
 from lit_attr.evaluation.plans import lds_jobs, plan_retraining, removal_jobs
+from tests.helpers import ROOT
 from lit_attr.evaluation.subsets import (
     create_subsets,
     read_subsets,
@@ -76,6 +77,42 @@ def test_manifest_refuses_a_mismatched_overwrite(tmp_path):
     assert len(read_subsets(tmp_path)) == 2 and not subset_indices_path(tmp_path, 3).exists()
     with pytest.raises(ConfigError, match="--overwrite"):
         write_subsets(tmp_path, new, num_train=10, fraction=0.5, seed=1, train_indices=list(range(5, 15)))
+
+
+def test_more_subsets_extend_a_root_and_keep_its_trained_models(tmp_path):
+    create_subsets(tmp_path, num_train=12, num_subsets=3, seed=2, train_indices=list(range(20, 32)))
+    before = {i: subset_indices_path(tmp_path, i).read_bytes() for i in range(3)}
+    job = plan_retraining(tmp_path, num_seeds=2, protocol="independent", base_seed=5)[1]
+    mark_job_done(job)
+    grown = create_subsets(tmp_path, num_train=12, num_subsets=5, seed=2, train_indices=list(range(20, 32)))
+    assert len(read_subsets(tmp_path)) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(read_subsets(tmp_path), grown))
+    assert {i: subset_indices_path(tmp_path, i).read_bytes() for i in range(3)} == before
+    regrown = plan_retraining(tmp_path, num_seeds=2, protocol="independent", base_seed=5, skip_done=False)
+    assert job in regrown and job_done(job)  # same subset file, same seed: still trained
+    with pytest.raises(ConfigError, match="--overwrite"):  # fewer subsets is not an extension
+        create_subsets(tmp_path, num_train=12, num_subsets=4, seed=2, train_indices=list(range(20, 32)))
+    subset_indices_path(tmp_path, 0).write_text("20\n21\n")  # a written subset that differs: refused
+    with pytest.raises(DataError, match="SHA-256"):
+        create_subsets(tmp_path, num_train=12, num_subsets=6, seed=2, train_indices=list(range(20, 32)))
+
+
+def test_benchmark_grows_its_subsets_and_refuses_other_settings(tmp_path):
+    from lit_attr.evaluation.campaign import Benchmark
+
+    def bench(**subsets):
+        return Benchmark(BenchmarkConfig(root=str(tmp_path), subsets=SubsetsConfig(**subsets),
+                                         retraining=RetrainingConfig(recipe=str(ROOT / "configs/lds/tiny_train.yaml"))))
+
+    bench(num_subsets=2, seed=4).write_subsets()
+    first = read_subsets(tmp_path)
+    bench(num_subsets=4, seed=4).write_subsets()  # a larger M adds subsets 2 and 3
+    grown = read_subsets(tmp_path)
+    assert len(grown) == 4 and all(np.array_equal(a, b) for a, b in zip(first, grown))
+    with pytest.raises(ConfigError, match="a larger --subsets.num_subsets alone adds subsets"):
+        bench(num_subsets=4, seed=5).write_subsets()
+    with pytest.raises(ConfigError, match="num_subsets"):
+        bench(num_subsets=3, seed=4).write_subsets()
 
 
 def test_training_seed_protocols():

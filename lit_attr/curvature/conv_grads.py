@@ -23,7 +23,10 @@ from lit_attr.curvature.layers import conv_padding
 IM2COL_MAX_POSITIONS = 128
 """Groups summing over at most this many (row, output position) pairs use the unfolded kernel."""
 IM2COL_CHUNK_ELEMENTS = 2**18
-"""Patch elements unfolded at once (1 MiB in float32: a chunk's patches and gradients stay in cache)."""
+"""Patch elements unfolded at once on a CPU (1 MiB in float32: a chunk's patches and gradients stay in cache)."""
+IM2COL_CHUNK_ELEMENTS_GPU = 2**24
+"""The same on a GPU (64 MiB in float32): there each chunk costs four kernel launches, and cache-sized
+chunks of a small map turned one batched matmul per layer into dozens of launch-bound ones."""
 
 
 def uses_unfolded_kernel(g: Tensor, group_size: int) -> bool:
@@ -93,7 +96,8 @@ def unfolded_group_chunks(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: i
     out_h, out_w = g.shape[2:]
     positions = group_size * out_h * out_w
     grads = g.reshape(groups, group_size, out, out_h * out_w).transpose(1, 2).reshape(groups, out, positions)
-    chunk = max(1, (elements or IM2COL_CHUNK_ELEMENTS) // (positions * channels * kh * kw))
+    elements = elements or (IM2COL_CHUNK_ELEMENTS if x.device.type == "cpu" else IM2COL_CHUNK_ELEMENTS_GPU)
+    chunk = max(1, elements // (positions * channels * kh * kw))
     for start in range(0, groups, chunk):
         stop = min(start + chunk, groups)
         patches = channels_last_patches(module, x[start * group_size : stop * group_size], out_h, out_w)

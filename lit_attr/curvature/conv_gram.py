@@ -26,6 +26,8 @@ leaves the image wrap to the next row (*outside*) and are in no window.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -106,6 +108,14 @@ class ConvPlan:
             if masks.any():
                 self.displacements.append(_group_by_pattern((dy, dx), shift, q0, q1, pairs, masks, inside))
         self.spectral = tuple(stride) == (1, 1) and any(d.from_full for d in self.displacements)
+        kk = len(taps)
+        pairs = torch.tensor([pair for d in self.displacements for pair in d.pairs], dtype=torch.long).view(-1, 2)
+        self.block_index = pairs[:, 0] * kk + pairs[:, 1]
+        """(n_pairs,): where each canonical pair's (C, C) sum goes among the kk x kk blocks (t1 kk + t2)."""
+        off_diagonal = pairs[:, 0] != pairs[:, 1]
+        self.mirrored = off_diagonal.nonzero().flatten()
+        """Pairs with t1 != t2, whose transpose fills block (t2, t1) too."""
+        self.mirror_index = pairs[off_diagonal, 1] * kk + pairs[off_diagonal, 0]
 
 
 def _group_by_pattern(delta, shift: int, q0: int, q1: int, pairs: list, masks: Tensor, inside: Tensor) -> _Displacement:
@@ -131,12 +141,31 @@ def _cached_plan(kernel, stride, dilation, padding, height, width, out_size) -> 
     return ConvPlan(kernel, stride, dilation, padding, height, width, out_size)
 
 
+@lru_cache(maxsize=256)
+def _cached_plan_on(geometry: tuple, device: torch.device, dtype: torch.dtype) -> ConvPlan:
+    """The plan with its index tensors on ``device`` and its weights and masks in ``dtype``, converted once
+    (on a GPU, converting per batch would be dozens of small host-to-device copies per layer)."""
+    plan = copy.copy(_cached_plan(*geometry))
+    if device == torch.device("cpu") and dtype == torch.float64:
+        return plan
+    index = {"device": device}
+    values = {"device": device, "dtype": dtype}
+    plan.tap_windows = plan.tap_windows.to(**values)
+    plan.block_index, plan.mirrored, plan.mirror_index = (t.to(**index) for t in (
+        plan.block_index, plan.mirrored, plan.mirror_index))
+    plan.displacements = [dataclasses.replace(
+        d, groups=[g.to(**index) for g in d.groups], weights=d.weights.to(**values),
+        inner_groups=[g.to(**index) for g in d.inner_groups], inner_weights=d.inner_weights.to(**values),
+        masks=d.masks.to(**values)) for d in plan.displacements]
+    return plan
+
+
 def conv_plan_for(module: nn.Conv2d, x: Tensor) -> ConvPlan:
-    """The (cached) plan of ``module`` for inputs of x's spatial size."""
+    """The (cached) plan of ``module`` for inputs of x's spatial size, on x's device and in x's dtype."""
     height, width = x.shape[-2:]
     out_size = conv_output_size(module, height, width)
     geometry = (tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation), conv_padding(module))
-    return _cached_plan(*geometry, height, width, out_size)
+    return _cached_plan_on((*geometry, height, width, out_size), x.device, x.dtype)
 
 
 def conv_patch_gram(module: nn.Conv2d, x: Tensor, plan: ConvPlan | None = None, form: str | None = None) -> Tensor:
@@ -168,13 +197,13 @@ def conv_patch_gram(module: nn.Conv2d, x: Tensor, plan: ConvPlan | None = None, 
         pixels = x.permute(2, 3, 0, 1).reshape(height * width, num_rows, channels).contiguous()
         sums_of = _per_pixel_sums if form == "per_pixel" else _grouped_sums
         all_sums = [sums_of(pixels, d) for d in plan.displacements]
-    for d, sums in zip(plan.displacements, all_sums):
-        sums = sums.view(len(d.pairs), channels, channels)
-        for (t1, t2), block in zip(d.pairs, sums):
-            blocks[t1, t2] = block
-            if t1 != t2:
-                blocks[t2, t1] = block.T
-    return blocks.permute(2, 0, 3, 1).reshape(channels * kk, channels * kk)
+    if all_sums:  # one scatter for all canonical pairs and one for their mirror images (few GPU launches)
+        sums = torch.cat(all_sums).view(-1, channels, channels)
+        blocks = blocks.view(kk * kk, channels, channels)
+        device = sums.device
+        blocks.index_copy_(0, plan.block_index.to(device), sums)
+        blocks.index_copy_(0, plan.mirror_index.to(device), sums[plan.mirrored.to(device)].transpose(1, 2))
+    return blocks.view(kk, kk, channels, channels).permute(2, 0, 3, 1).reshape(channels * kk, channels * kk)
 
 
 def _per_pixel_sums(pixels: Tensor, d: _Displacement) -> Tensor:

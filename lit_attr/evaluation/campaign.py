@@ -86,16 +86,19 @@ class Benchmark:
 
     # ------------------------------------------------------------------ LDS retraining
     def write_subsets(self) -> None:
-        """The M subsets (once; a rerun with other subset settings is refused)."""
+        """The M subsets (once; a rerun with other subset settings is refused, one with a larger M adds subsets)."""
         s = self.config.subsets
         if subsets_exist(self.root):
             manifest = read_subsets_manifest(self.root)
             wanted = {"num_subsets": s.num_subsets, "fraction": s.fraction, "seed": s.seed, "num_train": self.num_train}
             differing = {k: (manifest.get(k), v) for k, v in wanted.items() if manifest.get(k) != v}
-            if differing:
+            grows = set(differing) == {"num_subsets"} and s.num_subsets > manifest["num_subsets"]
+            if differing and not grows:
                 raise ConfigError(f"{self.root} holds subsets made with other settings {differing} (stored, wanted); "
-                                  "use another root or delete its subsets/ and retrain/ folders.")
-            return
+                                  "use another root or delete its subsets/ and retrain/ folders (a larger "
+                                  "--subsets.num_subsets alone adds subsets).")
+            if not grows:
+                return
         create_subsets(self.root, self.num_train, s.num_subsets, s.fraction, s.seed,
                        train_indices=list(self.dataset.indices))
 

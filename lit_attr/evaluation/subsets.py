@@ -121,7 +121,7 @@ def write_subsets(
     manifest = {"num_train": num_train, "fraction": fraction, "seed": seed, "num_subsets": len(subsets),
                 "train_indices_sha256": _sha256(json.dumps(None if train_indices is None else mapping.tolist())),
                 "subsets_sha256": _sha256(json.dumps(stable))}
-    if _check_existing(root, manifest, overwrite):
+    if _check_existing(root, manifest, overwrite, stable):
         return
     folder = _clear_subsets(root, len(subsets))
     files = {}
@@ -184,17 +184,32 @@ def read_subsets_manifest(root: str | Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def _check_existing(root: str | Path, manifest: dict[str, Any], overwrite: bool) -> bool:
-    """True if the same subsets are already written; ConfigError on a mismatch without ``overwrite``."""
+def _check_existing(root: str | Path, manifest: dict[str, Any], overwrite: bool, stable: list[list[int]]) -> bool:
+    """True if the same subsets are already written; ConfigError on a mismatch without ``overwrite``.
+
+    More subsets drawn with the same arguments are not a mismatch when the written ones are their
+    prefix (``sample_lds_subsets`` seeds subset i by i alone): the caller then adds the new files and
+    the models already trained on the first subsets stay valid.
+    """
     if not subsets_exist(root):
         return False
     old = read_subsets_manifest(root)
     differing = [f"{key}={_short(old.get(key))!r} (now {_short(value)!r})"
                  for key, value in manifest.items() if old.get(key) != value]
-    if not differing or overwrite:
+    if not differing or overwrite or _is_grown_prefix(root, old, manifest, stable):
         return not differing
     raise ConfigError(f"{subsets_path(root)} holds subsets made with {', '.join(differing)}. Use another root "
                       "or pass --overwrite true (models retrained on the old subsets become invalid).")
+
+
+def _is_grown_prefix(root: str | Path, old: dict[str, Any], manifest: dict[str, Any], stable: list[list[int]]) -> bool:
+    """Whether ``stable`` extends the written subsets: same arguments, more subsets, equal first ones."""
+    same_arguments = all(old.get(key) == manifest[key]
+                         for key in ("num_train", "fraction", "seed", "train_indices_sha256"))
+    if not same_arguments or old.get("num_subsets", 0) >= manifest["num_subsets"]:
+        return False
+    return all(_verified_indices(subset_indices_path(root, i), old, f"subset_{i:03d}") == stable[i]
+               for i in range(old["num_subsets"]))
 
 
 def _short(value: Any) -> Any:
