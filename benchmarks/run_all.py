@@ -5,7 +5,7 @@
 
 Runs, each in its own process (so peak-memory figures do not mix), with ``--device`` passed on:
 ``bench_gradients.py`` (0.7M digits and 32 x 32 U-Nets, float32 and, on a GPU, bf16-mixed and TF32),
-``bench_queries.py``, ``compare_kronfluence.py`` (0.7M digits and 32 x 32 U-Nets; skipped when
+``bench_queries.py``, ``count_kernels.py`` (operations launched per batch), ``compare_kronfluence.py`` (0.7M digits and 32 x 32 U-Nets; skipped when
 kronfluence is not installed) and ``bench_scale.py`` (35.7M cifar10 U-Net and the projection of the
 paper's job). Every line they print goes to the file, headed by the command, with the exit status.
 ``--quick`` shrinks every benchmark to a smoke run (minutes on a CPU) to check the script itself.
@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 QUICK = {
     "bench_gradients.py": ["--num-examples", "32", "--examples-per-batch", "16", "--repeats", "1"],
     "bench_queries.py": ["--num-examples", "64", "--num-draws", "4", "--repeats", "1", "--many", "100"],
+    "count_kernels.py": ["--examples-per-batch", "16"],
     "compare_kronfluence.py": ["--num-examples", "32", "--repeats", "1"],
     "bench_scale.py": ["--model", "u32", "--num-examples", "8", "--num-draws", "1", "--examples-per-batch", "4",
                        "--num-queries", "2", "--query-draws", "2", "--ratio-batches", "1"],
@@ -37,7 +38,7 @@ def commands(device: str, quick: bool) -> list[list[str]]:
     runs = [["bench_gradients.py", "--models", "digits-0.7M", "u32"]]
     if gpu:
         runs += [["bench_gradients.py", "--models", "digits-0.7M", "u32", "--precision", p] for p in ("bf16-mixed", "tf32")]
-    runs += [["bench_queries.py"]]
+    runs += [["bench_queries.py"], ["count_kernels.py"]]
     if importlib.util.find_spec("kronfluence") is not None:
         runs += [["compare_kronfluence.py", "--model", "digits-0.7M"], ["compare_kronfluence.py", "--model", "u32"]]
     runs += [["bench_scale.py"] + (["--num-examples", "2048", "--num-draws", "8", "--examples-per-batch", "64"]

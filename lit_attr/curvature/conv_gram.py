@@ -116,6 +116,36 @@ class ConvPlan:
         self.mirrored = off_diagonal.nonzero().flatten()
         """Pairs with t1 != t2, whose transpose fills block (t2, t1) too."""
         self.mirror_index = pairs[off_diagonal, 1] * kk + pairs[off_diagonal, 0]
+        """Block (t2, t1) of each pair in ``mirrored``."""
+        if self.spectral:
+            self._batch_border_groups(height * width)
+
+    def _batch_border_groups(self, num_pixels: int) -> None:
+        """Index tensors of ``_spectral_sums``: every group of every displacement in one padded batch.
+
+        ``full_lags``: the displacements summed over the full image by the FFT. ``pair_lag`` (n_pairs,):
+        each pair's row among them, or ``len(full_lags)`` (a zero row) if its displacement is not from the
+        full image. ``border_left`` / ``border_right`` (G, L): the pixels q and q + delta of each group,
+        padded with ``num_pixels`` (a zero pixel appended to the image). ``border_weights`` (n_pairs, G):
+        how each pair combines the group sums (``inner_weights`` or ``weights`` of its displacement).
+        """
+        full = [d for d in self.displacements if d.from_full]
+        self.full_lags = [d.delta for d in full]
+        lag_row = {d.delta: i for i, d in enumerate(full)}
+        self.pair_lag = torch.tensor([lag_row.get(d.delta, len(full)) for d in self.displacements for _ in d.pairs])
+        chosen = [(d.inner_groups, d.inner_weights) if d.from_full else (d.groups, d.weights) for d in self.displacements]
+        groups = [(group, d.shift) for d, (gs, _) in zip(self.displacements, chosen) for group in gs]
+        length = max((len(g) for g, _ in groups), default=0)
+        self.border_left = torch.full((len(groups), length), num_pixels, dtype=torch.long)
+        self.border_right = torch.full((len(groups), length), num_pixels, dtype=torch.long)
+        for i, (group, shift) in enumerate(groups):
+            self.border_left[i, : len(group)] = group
+            self.border_right[i, : len(group)] = group + shift
+        self.border_weights = torch.zeros(len(self.pair_lag), len(groups), dtype=torch.float64)
+        row = column = 0
+        for d, (gs, weights) in zip(self.displacements, chosen):
+            self.border_weights[row : row + len(d.pairs), column : column + len(gs)] = weights
+            row, column = row + len(d.pairs), column + len(gs)
 
 
 def _group_by_pattern(delta, shift: int, q0: int, q1: int, pairs: list, masks: Tensor, inside: Tensor) -> _Displacement:
@@ -153,6 +183,10 @@ def _cached_plan_on(geometry: tuple, device: torch.device, dtype: torch.dtype) -
     plan.tap_windows = plan.tap_windows.to(**values)
     plan.block_index, plan.mirrored, plan.mirror_index = (t.to(**index) for t in (
         plan.block_index, plan.mirrored, plan.mirror_index))
+    if plan.spectral:
+        plan.pair_lag, plan.border_left, plan.border_right = (t.to(**index) for t in (
+            plan.pair_lag, plan.border_left, plan.border_right))
+        plan.border_weights = plan.border_weights.to(**values)
     plan.displacements = [dataclasses.replace(
         d, groups=[g.to(**index) for g in d.groups], weights=d.weights.to(**values),
         inner_groups=[g.to(**index) for g in d.inner_groups], inner_weights=d.inner_weights.to(**values),
@@ -192,13 +226,13 @@ def conv_patch_gram(module: nn.Conv2d, x: Tensor, plan: ConvPlan | None = None, 
         form = "per_pixel" if height * width * channels < PER_PIXEL_RATIO * num_rows else (
             "spectral" if SPECTRAL else "grouped")
     if form == "spectral" and plan.spectral:
-        all_sums = _spectral_sums(x, plan)
+        all_sums = [_spectral_sums(x, plan)]
     else:
         pixels = x.permute(2, 3, 0, 1).reshape(height * width, num_rows, channels).contiguous()
         sums_of = _per_pixel_sums if form == "per_pixel" else _grouped_sums
         all_sums = [sums_of(pixels, d) for d in plan.displacements]
     if all_sums:  # one scatter for all canonical pairs and one for their mirror images (few GPU launches)
-        sums = torch.cat(all_sums).view(-1, channels, channels)
+        sums = (all_sums[0] if len(all_sums) == 1 else torch.cat(all_sums)).view(-1, channels, channels)
         blocks = blocks.view(kk * kk, channels, channels)
         device = sums.device
         blocks.index_copy_(0, plan.block_index.to(device), sums)
@@ -224,32 +258,28 @@ def _grouped_sums(pixels: Tensor, d: _Displacement) -> Tensor:
     return sums
 
 
-def _spectral_sums(x: Tensor, plan: ConvPlan) -> list[Tensor]:
-    """Per displacement (pairs, C C): FFT full-image sums minus the inner border groups (stride 1);
-    displacements with a small interior keep the direct form."""
+def _spectral_sums(x: Tensor, plan: ConvPlan) -> Tensor:
+    """(n_pairs, C C) in plan order: the FFT full-image sums of the displacements that use them, minus or
+    plus the sums of their border groups; displacements with a small interior use their groups alone.
+
+    All groups of all displacements are summed by one batched matmul over groups padded to equal size
+    with a zero pixel, and combined by one matmul with ``plan.border_weights``: a few kernels per layer
+    instead of a few per group (on a GPU, these small layers are launch-bound).
+    """
     num_rows, channels = x.shape[:2]
-    flat = x.reshape(num_rows, channels, -1)
-    from_full = [d for d in plan.displacements if d.from_full]
-    full = dict(zip((d.delta for d in from_full), lag_sums(x, [d.delta for d in from_full]).flatten(1)))
-    out = []
-    for d in plan.displacements:
-        groups, weights = (d.inner_groups, d.inner_weights) if d.from_full else (d.groups, d.weights)
-        sums = x.new_zeros(len(d.pairs), channels * channels)
-        if d.from_full:
-            sums += full[d.delta]
-        if groups:
-            group_sums = torch.stack([_gathered_sum(flat, group, d.shift) for group in groups])
-            sums += weights.to(x) @ group_sums.reshape(len(groups), -1)
-        out.append(sums)
-    return out
+    full = lag_sums(x, plan.full_lags).flatten(1) if plan.full_lags else x.new_zeros(0, channels * channels)
+    sums = torch.cat([full, full.new_zeros(1, channels * channels)])[plan.pair_lag]
+    if plan.border_left.shape[1]:
+        flat = torch.cat([x.reshape(num_rows, channels, -1), x.new_zeros(num_rows, channels, 1)], dim=2)
+        groups, length = plan.border_left.shape
 
+        def gathered(index: Tensor) -> Tensor:  # (G, L R, C): the group's pixels of every row
+            picked = flat[:, :, index.flatten()].view(num_rows, channels, groups, length)
+            return picked.permute(2, 3, 0, 1).reshape(groups, length * num_rows, channels)
 
-def _gathered_sum(flat: Tensor, where: Tensor, shift: int) -> Tensor:
-    """``sum_{q in where} sum_r x[r, :, q] x[r, :, q + shift]^T`` from x as (R, C, H W), (C, C)."""
-    channels = flat.shape[1]
-    left = flat[:, :, where].permute(2, 0, 1).reshape(-1, channels)
-    right = flat[:, :, where + shift].permute(2, 0, 1).reshape(-1, channels)
-    return left.T @ right
+        group_sums = torch.bmm(gathered(plan.border_left).transpose(1, 2), gathered(plan.border_right))
+        sums += plan.border_weights.to(x) @ group_sums.view(groups, -1)
+    return sums
 
 
 def _pixel_sum(pixels: Tensor, where: Tensor | slice, shift: int) -> Tensor:

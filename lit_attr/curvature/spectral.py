@@ -21,6 +21,7 @@ rounding (relative ~1e-7 in float32, ~1e-16 in float64).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -43,7 +44,7 @@ def lag_sums(x: Tensor, lags: list[tuple[int, int]]) -> Tensor:
     half_w = spectrum.shape[3]
     # (frequencies, [real rows; imaginary rows], C): Re S = p^T p with one GEMM of contraction length 2R
     stacked = spectrum.permute(2, 3, 4, 0, 1).reshape(pad_h * half_w, 2 * rows, channels)
-    weights_cos, weights_sin = _phase_weights(lags, pad_h, pad_w, half_w, x.dtype, x.device)
+    weights_cos, weights_sin = _phase_weights(tuple(map(tuple, lags)), pad_h, pad_w, half_w, x.dtype, x.device)
     out = x.new_zeros(len(lags), channels * channels)
     chunk = max(1, CHUNK_ELEMENTS // (channels * channels))
     for start in range(0, stacked.shape[0], chunk):
@@ -56,8 +57,13 @@ def lag_sums(x: Tensor, lags: list[tuple[int, int]]) -> Tensor:
     return out.view(len(lags), channels, channels)
 
 
-def _phase_weights(lags, pad_h: int, pad_w: int, half_w: int, dtype, device) -> tuple[Tensor, Tensor]:
-    """(lags, frequencies) ``w_f cos(phi) / N`` and ``w_f sin(phi) / N``, ``phi = 2 pi (fy dy / H' + fx dx / W')``."""
+@lru_cache(maxsize=256)
+def _phase_weights(lags: tuple, pad_h: int, pad_w: int, half_w: int, dtype, device) -> tuple[Tensor, Tensor]:
+    """(lags, frequencies) ``w_f cos(phi) / N`` and ``w_f sin(phi) / N``, ``phi = 2 pi (fy dy / H' + fx dx / W')``.
+
+    Cached per geometry, device and dtype: on a GPU, building them per batch meant two host-to-device
+    copies per layer. The cached tensors are never written to.
+    """
     fy = torch.arange(pad_h, dtype=torch.float64).repeat_interleave(half_w)
     fx = torch.arange(half_w, dtype=torch.float64).repeat(pad_h)
     doubled = (fx > 0) & (fx < pad_w / 2)  # their conjugate partners are not in the half spectrum
