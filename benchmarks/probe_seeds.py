@@ -4,8 +4,9 @@ On finished benchmark roots with K >= 2 seeds on the subsets, every method's sto
 default damping, scores of the loss) are ranked against the loss of each seed alone, eq. 13's mean over all
 seeds, and the mean over the first two. Per cell: LDS, mean ± s.e. over queries [± s.e. over a bootstrap of
 the subsets, ``lit_attr.metrics.lds.subset_bootstrap``]. Only subsets with every seed are used. Also prints the
-seed reliability (Spearman across subsets between seeds 0 and 1, and its mean over all pairs of seeds) and the
-mean relative change of each seed's query loss against the full model.
+seed reliability (Spearman across subsets between seeds 0 and 1, and its mean over all pairs of seeds), with
+K >= 4 the two-seed oracle (the mean of seeds 0-1 predicting the mean of seeds 2-3: how reproducible a K = 2
+target is), and the mean relative change of each seed's query loss against the full model.
 
     python benchmarks/probe_seeds.py runs/lds_digits runs/lds_patches
 
@@ -57,6 +58,12 @@ def probe(root: Path, resamples: int) -> None:
           f"{float(reliability[0]):.3f}, mean over the {len(pairs)} pairs of seeds {float(reliability.mean()):.3f}; "
           "query loss vs the full model: "
           + ", ".join(f"seed {k} {float(c):+.1%}" for k, c in enumerate(change)))
+    if measured.shape[1] >= 4:
+        pair_means = torch.stack([measured[:, :2].mean(dim=1), measured[:, 2:4].mean(dim=1)], dim=1)
+        two_seed = seed_reliability(pair_means)
+        print(f"two-seed oracle (the mean of seeds 0-1 predicting the mean of seeds 2-3, the reliability of a K = 2 "
+              f"target): {float(two_seed.nanmean()):.3f} ± {float(two_seed.std() / two_seed.numel() ** 0.5):.3f}; "
+              f"Spearman-Brown from the single-seed mean: {float(2 * reliability.mean() / (1 + reliability.mean())):.3f}")
     columns = target_columns(measured)
     print("| method | S | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
     for method in bench.config.methods:
