@@ -17,13 +17,12 @@ import argparse
 from collections import Counter
 
 import torch
+from benchlib import batches_with_draws, build_preset, configure, digits_images, machine_line, random_images
 from torch.profiler import ProfilerActivity, profile
 
-from benchlib import batches_with_draws, build_preset, configure, digits_images, machine_line, random_images
 from lit_attr.attribution.gradients import per_example_loss_gradients, per_example_loss_scores
 from lit_attr.attribution.quantize import compress
-from lit_attr.curvature import KFACAccumulator, num_kfac_parameters, select_kfac_modules
-from lit_attr.curvature import conv_grads
+from lit_attr.curvature import KFACAccumulator, conv_grads, num_kfac_parameters, select_kfac_modules
 from lit_attr.diffusion.loss import expand_draws, loss_per_draw
 from lit_attr.diffusion.schedule import DiffusionSchedule
 

@@ -21,7 +21,6 @@ Cost: seconds per root (no model is run).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -30,9 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe_functions import load_benchmark  # noqa: E402
+from probe_functions import load_benchmark, run_over_roots, stored_loss_scores  # noqa: E402
 
-from lit_attr.evaluation.campaign import pick_score_set  # noqa: E402
 from lit_attr.evaluation.results import lds  # noqa: E402
 from lit_attr.metrics.lds import spearman_per_query  # noqa: E402
 
@@ -63,12 +61,7 @@ def probe(root: Path, all_dampings: bool = False) -> None:
     specific_targets = measured - measured.nanmean(dim=2, keepdim=True)  # (M, K, Q), each seed's shared effect removed
     print("| method | S | damping | scores | common part (the same for every query) | query-specific part | "
           "scores vs query-specific targets |\n|---|---|---|---|---|---|---|")
-    for method in bench.config.methods:
-        try:
-            score_set = pick_score_set(bench.score_sets(method), "loss", None)
-        except (FileNotFoundError, RuntimeError, KeyError, ValueError):
-            continue
-        approx = list(score_set.approx).index("loss") if "loss" in score_set.approx else 0
+    for method, score_set, approx in stored_loss_scores(bench):
         for index, damping in list(enumerate(score_set.dampings))[: None if all_dampings else 1]:
             scores = np.ascontiguousarray(score_set.scores[:, approx, index], dtype=np.float64)
             common, specific = split_scores(scores)
@@ -79,14 +72,8 @@ def probe(root: Path, all_dampings: bool = False) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", type=Path)
-    parser.add_argument("--all-dampings", action="store_true", help="a row per stored damping, not only the default")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for root in args.roots:
-        probe(root, args.all_dampings)
-    return 0
+    return run_over_roots(__doc__, lambda root, args: probe(root, args.all_dampings), lambda parser: parser.add_argument(
+        "--all-dampings", action="store_true", help="a row per stored damping, not only the default"))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from lit_attr.curvature.kfac import fit_kfac_factors  # noqa: E402
 from lit_attr.curvature.layers import select_kfac_modules  # noqa: E402
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch  # noqa: E402
 from lit_attr.diffusion.loss import unet_eps_model  # noqa: E402
-from lit_attr.evaluation.campaign import Benchmark  # noqa: E402
+from lit_attr.evaluation.campaign import Benchmark, pick_score_set  # noqa: E402
 from lit_attr.evaluation.results import BenchmarkOutcomes, lds  # noqa: E402
 from lit_attr.metrics.lds import spearman_per_query  # noqa: E402
 from lit_attr.pipeline_io import load_ddpm_module  # noqa: E402
@@ -58,6 +58,31 @@ def load_benchmark(root: Path) -> tuple[Benchmark, BenchmarkOutcomes]:
     args = parser.parse_args(["report", "--config", str(root / BENCHMARK_CONFIG_FILE)])
     bench = Benchmark(benchmark_config(parser.instantiate(args)["report"]))
     return bench, BenchmarkOutcomes.load(bench)
+
+
+def run_over_roots(doc: str, probe, add_arguments=None) -> int:
+    """The command line of the stored-score probes: ``roots...`` plus ``add_arguments(parser)``'s options;
+    calls ``probe(root, args)`` for each root on one torch thread."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for root in args.roots:
+        probe(root, args)
+    return 0
+
+
+def stored_loss_scores(bench: Benchmark):
+    """Yield ``(method, score set, loss index)`` for every finished method of ``bench``: its score set with the
+    most draws and the index on axis 1 of the scores of the loss (0 for a method with one function of its own)."""
+    for method in bench.config.methods:
+        try:
+            score_set = pick_score_set(bench.score_sets(method), "loss", None)
+        except (FileNotFoundError, RuntimeError, KeyError, ValueError):
+            continue
+        yield method, score_set, list(score_set.approx).index("loss") if "loss" in score_set.approx else 0
 
 
 class Prober:

@@ -15,7 +15,6 @@ Cost: seconds per root (no model is run).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,9 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe_functions import load_benchmark  # noqa: E402
+from probe_functions import load_benchmark, run_over_roots, stored_loss_scores  # noqa: E402
 
-from lit_attr.evaluation.campaign import pick_score_set  # noqa: E402
 from lit_attr.evaluation.results import lds  # noqa: E402
 from lit_attr.metrics.lds import seed_reliability, subset_bootstrap, subset_resamples  # noqa: E402
 
@@ -66,12 +64,7 @@ def probe(root: Path, resamples: int) -> None:
               f"Spearman-Brown from the single-seed mean: {float(2 * reliability.mean() / (1 + reliability.mean())):.3f}")
     columns = target_columns(measured)
     print("| method | S | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
-    for method in bench.config.methods:
-        try:
-            score_set = pick_score_set(bench.score_sets(method), "loss", None)
-        except (FileNotFoundError, RuntimeError, KeyError, ValueError):
-            continue
-        approx = list(score_set.approx).index("loss") if "loss" in score_set.approx else 0
+    for method, score_set, approx in stored_loss_scores(bench):
         scores = np.ascontiguousarray(score_set.scores[:, approx, 0])
         cells = []
         for targets in columns.values():
@@ -82,14 +75,8 @@ def probe(root: Path, resamples: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", type=Path)
-    parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the subsets")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for root in args.roots:
-        probe(root, args.resamples)
-    return 0
+    return run_over_roots(__doc__, lambda root, args: probe(root, args.resamples), lambda parser: parser.add_argument(
+        "--resamples", type=int, default=200, help="bootstrap resamples of the subsets"))
 
 
 if __name__ == "__main__":

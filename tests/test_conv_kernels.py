@@ -21,8 +21,8 @@ from lit_attr.attribution.gradients import (
 from lit_attr.attribution.quantize import compress, score_against, with_float_copy
 from lit_attr.curvature import num_kfac_parameters, select_kfac_modules
 from lit_attr.curvature.capture import grouped_gradients
-from lit_attr.curvature.conv_gram import ConvPlan, conv_patch_gram, conv_plan_for
 from lit_attr.curvature.conv_grads import grouped_conv_gradients, unfolded_group_chunks, unfolded_group_gradients
+from lit_attr.curvature.conv_gram import ConvPlan, conv_patch_gram, conv_plan_for
 from lit_attr.curvature.spectral import lag_sums
 from lit_attr.diffusion.schedule import DiffusionSchedule
 from tests.cases import tiny_unet
