@@ -277,6 +277,11 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert "3 subsets x 2 seeds; seed reliability" in seeds.stdout  # the subset without its second seed is left out
     assert "| method | S | seed 0 | seed 1 | mean of 2 seeds |" in seeds.stdout
     assert any(line.startswith("| kfac | 4 | ") and line.count("[±") == 3 for line in seeds.stdout.splitlines())
+    common = run_script("benchmarks/probe_common.py", str(bench), "--all-dampings", threads=1)
+    assert common.returncode == 0, common.stderr[-3000:]
+    assert "4 subsets, " in common.stdout and "shared-effect ceiling" in common.stdout  # with one seed or two
+    kfac_rows = [line for line in common.stdout.splitlines() if line.startswith("| kfac | 4 | ")]
+    assert len(kfac_rows) >= 2 and all(line.count("±") == 4 for line in kfac_rows)  # one row per stored damping
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout
