@@ -272,10 +272,11 @@ def machine_line() -> str:
                      if l.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.machine()
+    isa = torch.backends.cpu.get_cpu_capability()  # e.g. AVX2 or AVX512: the CPU ratios depend on it
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = f"GPU {torch.cuda.get_device_name(0)}; " if _ON_GPU else ""
     precision = "bf16-mixed" if _AUTOCAST else ("tf32" if _ON_GPU and torch.backends.cuda.matmul.allow_tf32 else "32")
-    return (f"{gpu}CPU {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; precision "
+    return (f"{gpu}CPU {model} ({isa}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; precision "
             f"{precision}; torch {torch.__version__}; load average {load:.1f} at start")
 
 

@@ -20,6 +20,7 @@ from lit_attr.attribution.gradients import (
 )
 from lit_attr.attribution.quantize import compress, score_against, with_float_copy
 from lit_attr.curvature import num_kfac_parameters, select_kfac_modules
+from lit_attr.curvature import conv_grads
 from lit_attr.curvature.capture import grouped_gradients
 from lit_attr.curvature.conv_grads import grouped_conv_gradients, unfolded_group_chunks, unfolded_group_gradients
 from lit_attr.curvature.conv_gram import ConvPlan, conv_patch_gram, conv_plan_for
@@ -132,7 +133,10 @@ def _scoring_case(num_queries: int, mode: str):
 
 
 @pytest.mark.parametrize("mode", ["none", "int8"])
-def test_layerwise_scores_equal_flat_scores(mode):
+@pytest.mark.parametrize("max_positions", [0, 10**9], ids=["grouped-conv", "unfolded"])
+def test_layerwise_scores_equal_flat_scores(mode, max_positions, monkeypatch):
+    """Both convolution kernels (weight and bias parts contracted separately) give the flat gradients' scores."""
+    monkeypatch.setattr(conv_grads, "IM2COL_MAX_POSITIONS", max_positions)
     scores_of, flat, queries = _scoring_case(4, mode)
     layerwise = scores_of(queries)
     expected = score_against(queries, flat)

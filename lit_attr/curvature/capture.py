@@ -227,15 +227,29 @@ def grad_covariance_sum(module: nn.Module, g: Tensor, reduce: bool = False) -> T
 # ---------------------------------------------------------------------------- per-group gradients
 
 
+def grouped_weight_and_bias(module: nn.Module, x: Tensor, g: Tensor, group_size: int = 1) -> tuple[Tensor, Tensor | None]:
+    """The two parts of ``grouped_gradients``: weight (groups, out, in_eff) and bias (groups, out) or None.
+
+    Linear: one batched matmul over the (groups, S P, .) views. Conv2d: ``conv_group_gradients``
+    (a grouped-convolution weight gradient, or unfolded patches and a batched matmul on small maps).
+    Inputs as ``grouped_gradients``; x and g already in float32 or wider.
+    """
+    groups = x.shape[0] // group_size
+    if isinstance(module, nn.Conv2d):
+        weight = conv_group_gradients(module, x, g, group_size)
+        gg = g.reshape(groups, group_size, g.shape[1], -1)
+        return weight, gg.sum(dim=(1, 3)) if has_bias(module) else None
+    a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
+    return torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1) if has_bias(module) else None
+
+
 def grouped_gradients(module: nn.Module, x: Tensor, g: Tensor, group_size: int = 1) -> Tensor:
     """Gradient matrices summed over groups of consecutive rows: (R / group_size, out, in_eff [+1]).
 
     Row r's gradient is ``sum_p g_rp a_rp^T`` (bias column: ``sum_p g_rp``); rows are summed in
     example-major groups (row ``b S + s`` belongs to group b). ``group_size=1`` gives per-row
-    gradients (EK-FAC), ``group_size=S`` per-example gradients over S draws.
-
-    Linear: one batched matmul over the (groups, S P, .) views. Conv2d: ``conv_group_gradients``
-    (a grouped-convolution weight gradient, or unfolded patches and a batched matmul on small maps).
+    gradients (EK-FAC), ``group_size=S`` per-example gradients over S draws
+    (``grouped_weight_and_bias`` computes the two parts).
 
     Args:
         module: a Linear or Conv2d.
@@ -245,35 +259,39 @@ def grouped_gradients(module: nn.Module, x: Tensor, g: Tensor, group_size: int =
 
     Half-precision captures (``--trainer.precision bf16-mixed``) are contracted in float32.
     """
-    if x.shape[0] % group_size:
-        raise ValueError(f"group_size={group_size} does not divide the number of rows {x.shape[0]}.")
+    _check_groups(x, group_size)
     x, g = at_least_float32(x), at_least_float32(g)
-    groups = x.shape[0] // group_size
     with autocast_off(x.device):
-        if isinstance(module, nn.Conv2d):
-            weight = conv_group_gradients(module, x, g, group_size)
-            bias = g.reshape(groups, group_size, g.shape[1], -1).sum(dim=(1, 3))
-        else:
-            a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
-            weight, bias = torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1)
-    return torch.cat([weight, bias.unsqueeze(2)], dim=2) if has_bias(module) else weight
+        weight, bias = grouped_weight_and_bias(module, x, g, group_size)
+    return weight if bias is None else torch.cat([weight, bias.unsqueeze(2)], dim=2)
 
 
 def grouped_scores(module: nn.Module, x: Tensor, g: Tensor, group_size: int, queries: Tensor) -> Tensor:
     """``grouped_gradients(module, x, g, group_size).flatten(1) @ queries.T``: (R / group_size, Q).
 
-    ``queries``: (Q, out, in_eff [+1]) float rows in the gradient-matrix layout. Convolutions on small
+    ``queries``: (Q, out, in_eff [+1]) float rows in the gradient-matrix layout. The weight and bias
+    parts are contracted separately (the ``[dW | db]`` block is never assembled). Convolutions on small
     maps contract each chunk of per-group gradients while it is in cache
-    (``conv_grads.unfolded_group_scores``); other layers form the (groups, out, in+1) block first.
+    (``conv_grads.unfolded_group_scores``); other layers form the (groups, out, in_eff) weight block first.
     """
+    _check_groups(x, group_size)
     x, g = at_least_float32(x), at_least_float32(g)
     queries = queries.to(x.dtype)
+    weight_columns = queries.shape[2] - int(has_bias(module))
+    weight_queries = queries[:, :, :weight_columns]
     with autocast_off(x.device):
-        if not (isinstance(module, nn.Conv2d) and uses_unfolded_kernel(g, group_size)):
-            return grouped_gradients(module, x, g, group_size).flatten(1) @ queries.flatten(1).T
-        weight_columns = queries.shape[2] - int(has_bias(module))
-        scores = unfolded_group_scores(module, x, g, group_size, queries[:, :, :weight_columns])
-        if has_bias(module):
-            bias = g.reshape(x.shape[0] // group_size, group_size, g.shape[1], -1).sum(dim=(1, 3))
+        if isinstance(module, nn.Conv2d) and uses_unfolded_kernel(g, group_size):
+            scores = unfolded_group_scores(module, x, g, group_size, weight_queries)
+            bias = g.reshape(x.shape[0] // group_size, group_size, g.shape[1], -1).sum(dim=(1, 3)) \
+                if has_bias(module) else None
+        else:
+            weight, bias = grouped_weight_and_bias(module, x, g, group_size)
+            scores = weight.flatten(1) @ weight_queries.reshape(len(queries), -1).T
+        if bias is not None:
             scores += bias @ queries[:, :, -1].T
         return scores
+
+
+def _check_groups(x: Tensor, group_size: int) -> None:
+    if x.shape[0] % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the number of rows {x.shape[0]}.")

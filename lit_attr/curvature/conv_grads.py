@@ -20,10 +20,12 @@ from torch import Tensor, nn
 
 from lit_attr.curvature.layers import conv_padding
 
-IM2COL_MAX_POSITIONS = 128
-"""Groups summing over at most this many (row, output position) pairs use the unfolded kernel."""
-IM2COL_CHUNK_ELEMENTS = 2**18
-"""Patch elements unfolded at once on a CPU (1 MiB in float32: a chunk's patches and gradients stay in cache)."""
+IM2COL_MAX_POSITIONS = 512
+"""Groups summing over at most this many (row, output position) pairs use the unfolded kernel (512: the
+4 x 4 maps of a U-Net at S = 32 draws, the 8 x 8 maps at S <= 8; 128 measured 5-10% slower on CPU
+(0.7M digits U-Net, S = 4 and 32; README "Performance"))."""
+IM2COL_CHUNK_ELEMENTS = 2**20
+"""Patch elements unfolded at once on a CPU (4 MiB in float32: a chunk's patches stay in the last-level cache)."""
 IM2COL_CHUNK_ELEMENTS_GPU = 2**24
 """The same on a GPU (64 MiB in float32): there each chunk costs four kernel launches, and cache-sized
 chunks of a small map turned one batched matmul per layer into dozens of launch-bound ones."""
@@ -98,22 +100,36 @@ def unfolded_group_chunks(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: i
     grads = g.reshape(groups, group_size, out, out_h * out_w).transpose(1, 2).reshape(groups, out, positions)
     elements = elements or (IM2COL_CHUNK_ELEMENTS if x.device.type == "cpu" else IM2COL_CHUNK_ELEMENTS_GPU)
     chunk = max(1, elements // (positions * channels * kh * kw))
+    padded = padded_channels_last(module, x)
     for start in range(0, groups, chunk):
         stop = min(start + chunk, groups)
-        patches = channels_last_patches(module, x[start * group_size : stop * group_size], out_h, out_w)
+        patches = patches_of_padded(module, padded[start * group_size : stop * group_size], out_h, out_w)
         block = torch.bmm(grads[start:stop], patches.reshape(stop - start, positions, kh * kw * channels))
         yield start, stop, block.view(stop - start, out, kh * kw, channels)
 
 
 def channels_last_patches(module: nn.Conv2d, x: Tensor, out_h: int, out_w: int) -> Tensor:
     """Unfolded patches (R, Ho, Wo, kh, kw, C) of x (R, C, H, W), one copy from a zero-padded channels-last x."""
+    return patches_of_padded(module, padded_channels_last(module, x), out_h, out_w)
+
+
+def padded_channels_last(module: nn.Conv2d, x: Tensor) -> Tensor:
+    """x (R, C, H, W) zero-padded by the convolution's padding, channels last: (R, H + 2 pad_h, W + 2 pad_w, C)."""
     rows, channels, height, width = x.shape
-    (pad_h, pad_w), (kh, kw) = conv_padding(module), module.kernel_size
+    pad_h, pad_w = conv_padding(module)
     padded = x.new_zeros(rows, height + 2 * pad_h, width + 2 * pad_w, channels)
     padded[:, pad_h : pad_h + height, pad_w : pad_w + width] = x.permute(0, 2, 3, 1)
+    return padded
+
+
+def patches_of_padded(module: nn.Conv2d, padded: Tensor, out_h: int, out_w: int) -> Tensor:
+    """The patches (R, Ho, Wo, kh, kw, C) of ``padded_channels_last`` rows, as one strided copy."""
+    rows, channels = padded.shape[0], padded.shape[3]
+    kh, kw = module.kernel_size
     s_r, s_h, s_w, s_c = padded.stride()
     (st_h, st_w), (d_h, d_w) = module.stride, module.dilation
     view = padded.as_strided(
-        (rows, out_h, out_w, kh, kw, channels), (s_r, s_h * st_h, s_w * st_w, s_h * d_h, s_w * d_w, s_c)
+        (rows, out_h, out_w, kh, kw, channels), (s_r, s_h * st_h, s_w * st_w, s_h * d_h, s_w * d_w, s_c),
+        padded.storage_offset(),
     )
     return view.contiguous()
