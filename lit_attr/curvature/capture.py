@@ -228,19 +228,28 @@ def grad_covariance_sum(module: nn.Module, g: Tensor, reduce: bool = False) -> T
 
 
 def grouped_weight_and_bias(module: nn.Module, x: Tensor, g: Tensor, group_size: int = 1) -> tuple[Tensor, Tensor | None]:
-    """The two parts of ``grouped_gradients``: weight (groups, out, in_eff) and bias (groups, out) or None.
+    """The two parts of ``grouped_gradients``: weight (groups, out, in_eff) and ``grouped_bias``.
 
     Linear: one batched matmul over the (groups, S P, .) views. Conv2d: ``conv_group_gradients``
     (a grouped-convolution weight gradient, or unfolded patches and a batched matmul on small maps).
     Inputs as ``grouped_gradients``; x and g already in float32 or wider.
     """
-    groups = x.shape[0] // group_size
     if isinstance(module, nn.Conv2d):
         weight = conv_group_gradients(module, x, g, group_size)
-        gg = g.reshape(groups, group_size, g.shape[1], -1)
-        return weight, gg.sum(dim=(1, 3)) if has_bias(module) else None
-    a, gg = x.reshape(groups, -1, x.shape[-1]), g.reshape(groups, -1, g.shape[-1])
-    return torch.bmm(gg.transpose(1, 2), a), gg.sum(dim=1) if has_bias(module) else None
+    else:
+        groups = x.shape[0] // group_size
+        weight = torch.bmm(g.reshape(groups, -1, g.shape[-1]).transpose(1, 2), x.reshape(groups, -1, x.shape[-1]))
+    return weight, grouped_bias(module, g, group_size)
+
+
+def grouped_bias(module: nn.Module, g: Tensor, group_size: int) -> Tensor | None:
+    """Bias gradients ``sum_{rows in group, p} g_rp`` (groups, out), or None for a layer without bias."""
+    if not has_bias(module):
+        return None
+    groups = g.shape[0] // group_size
+    if isinstance(module, nn.Conv2d):
+        return g.reshape(groups, group_size, g.shape[1], -1).sum(dim=(1, 3))
+    return g.reshape(groups, -1, g.shape[-1]).sum(dim=1)
 
 
 def grouped_gradients(module: nn.Module, x: Tensor, g: Tensor, group_size: int = 1) -> Tensor:
@@ -282,8 +291,7 @@ def grouped_scores(module: nn.Module, x: Tensor, g: Tensor, group_size: int, que
     with autocast_off(x.device):
         if isinstance(module, nn.Conv2d) and uses_unfolded_kernel(g, group_size):
             scores = unfolded_group_scores(module, x, g, group_size, weight_queries)
-            bias = g.reshape(x.shape[0] // group_size, group_size, g.shape[1], -1).sum(dim=(1, 3)) \
-                if has_bias(module) else None
+            bias = grouped_bias(module, g, group_size)
         else:
             weight, bias = grouped_weight_and_bias(module, x, g, group_size)
             scores = weight.flatten(1) @ weight_queries.reshape(len(queries), -1).T

@@ -90,8 +90,9 @@ def unfolded_group_scores(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: i
 def unfolded_group_chunks(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: int, elements: int | None = None):
     """Yield ``(start, stop, block)``: the gradients of groups [start, stop) as (groups, out, kh kw, C_in).
 
-    Each chunk unfolds its rows' patches channels-last (``channels_last_patches``) and contracts them
-    with the output gradients in one batched matmul, ``(out, S P) @ (S P, kh kw C)`` per group.
+    The layer's input is padded channels-last once (``padded_channels_last``); each chunk unfolds its
+    rows' patches (``patches_of_padded``) and contracts them with the output gradients in one batched
+    matmul, ``(out, S P) @ (S P, kh kw C)`` per group.
     """
     rows, channels = x.shape[:2]
     groups, out, (kh, kw) = rows // group_size, g.shape[1], module.kernel_size
@@ -106,11 +107,6 @@ def unfolded_group_chunks(module: nn.Conv2d, x: Tensor, g: Tensor, group_size: i
         patches = patches_of_padded(module, padded[start * group_size : stop * group_size], out_h, out_w)
         block = torch.bmm(grads[start:stop], patches.reshape(stop - start, positions, kh * kw * channels))
         yield start, stop, block.view(stop - start, out, kh * kw, channels)
-
-
-def channels_last_patches(module: nn.Conv2d, x: Tensor, out_h: int, out_w: int) -> Tensor:
-    """Unfolded patches (R, Ho, Wo, kh, kw, C) of x (R, C, H, W), one copy from a zero-padded channels-last x."""
-    return patches_of_padded(module, padded_channels_last(module, x), out_h, out_w)
 
 
 def padded_channels_last(module: nn.Conv2d, x: Tensor) -> Tensor:
