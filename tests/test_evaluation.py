@@ -27,7 +27,7 @@ from lit_attr.evaluation.true_measurements import STREAM, measure_queries
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.methods.influence import KFACInfluence
 from lit_attr.storage import load_scores
-from tests.helpers import ROOT, run_script, tiny_open_clip
+from tests.helpers import ROOT, run_script, run_scripts_together, tiny_open_clip
 
 TINY_RECIPE = ROOT / "configs" / "lds" / "tiny_train.yaml"
 
@@ -265,23 +265,29 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps
-    probed = run_script("benchmarks/probe_functions.py", str(bench), "--num_draws=2", "--query_draws=2",
-                        "--dampings", "1e-3", threads=1)
+    probed, seeds, common, newton = run_scripts_together(  # read-only probes of the finished root, side by side
+        ("benchmarks/probe_functions.py", str(bench), "--num_draws=2", "--query_draws=2", "--dampings", "1e-3"),
+        ("benchmarks/probe_seeds.py", str(bench), "--resamples=20"),
+        ("benchmarks/probe_common.py", str(bench), "--all-dampings"),
+        ("benchmarks/probe_newton.py", str(bench), "--num_draws=2", "--query_draws=2", "--delta_dampings", "1e-2",
+         "--alphas", "0", "1"))
     assert probed.returncode == 0, probed.stderr[-3000:]
     rows = [line for line in probed.stdout.splitlines() if line.startswith("| loss |") or line.startswith("| sqnorm |")]
     assert len(rows) == 2 * 2 * 2  # training function x query function x (K-FAC 1e-3, identity)
     assert all(-1 <= float(row.split("|")[4].split("±")[0]) <= 1 for row in rows)
     assert "score columns agree at Spearman" in probed.stdout
-    seeds = run_script("benchmarks/probe_seeds.py", str(bench), "--resamples=20", threads=1)
     assert seeds.returncode == 0, seeds.stderr[-3000:]
     assert "3 subsets x 2 seeds; seed reliability" in seeds.stdout  # the subset without its second seed is left out
     assert "| method | S | seed 0 | seed 1 | mean of 2 seeds |" in seeds.stdout
     assert any(line.startswith("| kfac | 4 | ") and line.count("[±") == 3 for line in seeds.stdout.splitlines())
-    common = run_script("benchmarks/probe_common.py", str(bench), "--all-dampings", threads=1)
     assert common.returncode == 0, common.stderr[-3000:]
     assert "4 subsets, " in common.stdout and "shared-effect ceiling" in common.stdout  # with one seed or two
     kfac_rows = [line for line in common.stdout.splitlines() if line.startswith("| kfac | 4 | ")]
     assert len(kfac_rows) >= 2 and all(line.count("±") == 4 for line in kfac_rows)  # one row per stored damping
+    assert newton.returncode == 0, newton.stderr[-3000:]
+    newton_rows = [line.split("|") for line in newton.stdout.splitlines() if line.startswith("| 0.01 |")]
+    assert [row[3].strip() for row in newton_rows] == ["0", "1"]  # alpha 0 is the uncorrected query gradient
+    assert newton_rows[0][5].strip() == newton.stdout.split("reference: loss query ")[1].split(";")[0]
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout
