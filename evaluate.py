@@ -56,6 +56,13 @@ def subparser(parser: ArgumentParser, command: str) -> ArgumentParser:
     return parser._subcommands_action._name_parser_map[command]
 
 
+def resolved_config_text(parser: ArgumentParser, args) -> str:
+    """The YAML of a parsed subcommand as the root's ``config.yaml`` keeps it, ``None`` values included: the
+    workers and the probes reload it, and a dropped ``null`` (``extra_seed_subsets: null``: every subset gets
+    every seed) would come back as the field's default."""
+    return parser.dump(args, skip_validation=True, skip_none=False)
+
+
 def _quiet_lightning() -> None:
     """One line per trained model instead of Lightning's per-run banners (warnings still show)."""
     import logging
@@ -82,7 +89,7 @@ def run(config: BenchmarkConfig, args, parser: ArgumentParser) -> int:
 
     start = time.perf_counter()
     bench = Benchmark(config)
-    bench.save_config(parser.dump(args, skip_validation=True))
+    bench.save_config(resolved_config_text(parser, args))
     workers = config.retraining.workers
     bench.link_reused()
     bench.run_jobs(stage_jobs(bench, "full"), stage="full")

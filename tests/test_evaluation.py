@@ -121,6 +121,23 @@ def test_bad_measurement_settings_are_refused_by_the_config():
         MethodConfig(name="trak", kind="trak", ensemble_seeds=[1])
 
 
+def test_saved_root_config_reloads_to_the_same_benchmark_with_its_nulls(tmp_path):
+    """The workers and the probes reload ``<root>/config.yaml``: a ``null`` dropped from it came back as the
+    default (``extra_seed_subsets: null`` -> 16), so workers skipped the second seed of subsets 16+ and the
+    probes read those subsets' targets from one seed."""
+    from evaluate import benchmark_config, build_parser, resolved_config_text, subparser
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "--config", str(ROOT / "configs" / "lds" / "digits.yaml"),
+                              f"--root={tmp_path}", "--subsets.num_subsets=20"])
+    given = benchmark_config(parser.instantiate(args)["run"])
+    assert given.retraining.extra_seed_subsets is None and given.queries.num_sampling_steps is None
+    saved = tmp_path / "config.yaml"
+    saved.write_text(resolved_config_text(subparser(parser, "run"), args["run"]))
+    reloaded = benchmark_config(parser.instantiate(parser.parse_args(["report", "--config", str(saved)]))["report"])
+    assert reloaded == given
+
+
 def test_ensemble_seeds_must_differ_from_the_full_model_seed(tmp_path):
     config, layout = BenchmarkConfig(root=str(tmp_path)), BenchmarkLayout(tmp_path)
     with pytest.raises(ConfigError, match="must be distinct and differ from retraining.base_seed"):
