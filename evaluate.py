@@ -60,7 +60,7 @@ def resolved_config_text(parser: ArgumentParser, args) -> str:
     """The YAML of a parsed subcommand as the root's ``config.yaml`` keeps it, ``None`` values included: the
     workers and the probes reload it, and a dropped ``null`` (``extra_seed_subsets: null``: every subset gets
     every seed) would come back as the field's default."""
-    return parser.dump(args, skip_validation=True, skip_none=False)
+    return parser.dump(args, skip_validation=True, skip_unset=False)
 
 
 def _quiet_lightning() -> None:
