@@ -22,7 +22,9 @@ row is shown), the same with the training gradients also taken at theta - alpha 
 ``--shift_training``: influence computed entirely at the corrected parameters, one more training pass each),
 the mean training loss at theta - alpha delta (does the Newton step find a better optimum?), and how
 reproducible gbar is between two independent sets of training draws (cosine): a gbar that is mostly Monte
-Carlo noise cannot carry signal. Cost per root: one K-FAC fit, two training passes of S draws per example,
+Carlo noise cannot carry signal. With ``--random_control`` every row is repeated with a random direction
+(gbar's layer norms, preconditioned the same way) scaled so that alpha = 1 raises the training loss as much
+as gbar's step: whether a gain comes from gbar's direction or from scoring at any perturbed model. Cost per root: one K-FAC fit, two training passes of S draws per example,
 one query pass per row and one training pass per shifted-training row (minutes for the 0.18M U-Nets).
 
     python benchmarks/probe_newton.py runs/lds_patches_independent runs/lds_digits
@@ -96,6 +98,20 @@ def mean_training_loss(prober: Prober, num_draws: int, seed: int, max_batches: i
     return total / count
 
 
+def matched_scale(prober: Prober, steps: dict, gbar_norm: float, iterations: int = 12) -> float:
+    """The factor c for which ``theta - c * steps['random']`` has the training loss of ``theta - steps['gbar']``
+    (bisection on log c, started at gbar's step size): the control moves the model as far in loss, not in norm."""
+    with shifted(prober.modules, steps["gbar"], -1.0):
+        goal = mean_training_loss(prober, 8, 99, 8)
+    random_norm = float(torch.cat([v.flatten() for v in steps["random"].values()]).norm())
+    low, high = -6.0, 6.0  # log10 of c relative to the same-norm factor
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        with shifted(prober.modules, steps["random"], -(10 ** mid) * gbar_norm / random_norm):
+            low, high = (mid, high) if mean_training_loss(prober, 8, 99, 8) < goal else (low, mid)
+    return 10 ** ((low + high) / 2) * gbar_norm / random_norm
+
+
 def probe(root: Path, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     bench, outcomes = load_benchmark(root)
@@ -129,21 +145,31 @@ def probe(root: Path, args: argparse.Namespace) -> None:
     print(f"gbar: norm {float(gbar.norm()):.3e} (median per-example gradient norm {typical:.3e}); cosine with gbar "
           f"from independent draws {cosine:+.3f}; mean training loss {mean_training_loss(prober, 8, 99, 8):.5f}")
     print(f"reference: loss query {lds_of(base)}; squared-output-norm query {lds_of(query_gradients('sqnorm'))}")
-    print("| lambda_delta | ||delta|| / ||theta|| | alpha | training loss at theta - alpha delta | LDS | "
-          "LDS, training gradients at theta - alpha delta too |\n|---|---|---|---|---|---|")
+    print("| direction | lambda_delta | ||delta|| / ||theta|| | alpha | training loss at theta - alpha delta | LDS | "
+          "LDS, training gradients at theta - alpha delta too |\n|---|---|---|---|---|---|---|")
     theta_norm = float(torch.cat([p.detach().flatten() for m in prober.modules.values()
                                   for p in m.parameters(recurse=False)]).norm())
-    gbar_dict = unflatten_gradients(gbar.unsqueeze(0), shapes)
+    directions = {"gbar": unflatten_gradients(gbar.unsqueeze(0), shapes)}
+    if args.random_control:  # same layer-wise norms as gbar, random direction: is it gbar or any shift?
+        generator = torch.Generator().manual_seed(args.seed + 11)
+        directions["random"] = {name: torch.randn(v.shape, generator=generator) * v.norm() / (v.numel() ** 0.5)
+                                for name, v in directions["gbar"].items()}
     for damping_delta in args.delta_dampings:
-        delta = {name: v[0] for name, v in precondition(gbar_dict, eigen, damping_delta).items()}
-        size = float(torch.cat([v.flatten() for v in delta.values()]).norm()) / theta_norm
-        for alpha in args.alphas:
-            with shifted(prober.modules, delta, -alpha):
-                loss = mean_training_loss(prober, 8, 99, 8)
-                query_grads = query_gradients()
-                result = lds_of(query_grads)
-                both = lds_of(query_grads, shifted_training=True) if alpha in args.shift_training else "-"
-            print(f"| {damping_delta:g} | {size:.3e} | {alpha:g} | {loss:.5f} | {result} | {both} |", flush=True)
+        steps = {key: {name: v[0] for name, v in precondition(d, eigen, damping_delta).items()}
+                 for key, d in directions.items()}
+        norms = {key: float(torch.cat([v.flatten() for v in step.values()]).norm()) for key, step in steps.items()}
+        for key, delta in steps.items():
+            scale = norms["gbar"] / norms[key] if key == "gbar" else matched_scale(prober, steps, norms["gbar"])
+            delta = {name: v * scale for name, v in delta.items()}
+            size = norms[key] * scale / theta_norm
+            for alpha in args.alphas:
+                with shifted(prober.modules, delta, -alpha):
+                    loss = mean_training_loss(prober, 8, 99, 8)
+                    query_grads = query_gradients()
+                    result = lds_of(query_grads)
+                    both = lds_of(query_grads, shifted_training=True) if alpha in args.shift_training else "-"
+                print(f"| {key} | {damping_delta:g} | {size:.3e} | {alpha:g} | {loss:.5f} | {result} | {both} |",
+                      flush=True)
     print(f"({time.perf_counter() - start:.0f} s)")
 
 
@@ -157,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.25, 1.0, 4.0])
     parser.add_argument("--shift_training", type=float, nargs="*", default=[1.0],
                         help="alphas at which the training gradients are recomputed at the shifted parameters too")
+    parser.add_argument("--random_control", action="store_true",
+                        help="also shift along a random direction with gbar's layer norms, preconditioned the same "
+                             "way and scaled so that alpha = 1 raises the training loss as much as gbar's step")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -287,7 +287,7 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
         ("benchmarks/probe_seeds.py", str(bench), "--resamples=20"),
         ("benchmarks/probe_common.py", str(bench), "--all-dampings"),
         ("benchmarks/probe_newton.py", str(bench), "--num_draws=2", "--query_draws=2", "--delta_dampings", "1e-2",
-         "--alphas", "0", "1"))
+         "--alphas", "0", "1", "--random_control"))
     assert probed.returncode == 0, probed.stderr[-3000:]
     rows = [line for line in probed.stdout.splitlines() if line.startswith("| loss |") or line.startswith("| sqnorm |")]
     assert len(rows) == 2 * 2 * 2  # training function x query function x (K-FAC 1e-3, identity)
@@ -302,9 +302,10 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     kfac_rows = [line for line in common.stdout.splitlines() if line.startswith("| kfac | 4 | ")]
     assert len(kfac_rows) >= 2 and all(line.count("±") == 4 for line in kfac_rows)  # one row per stored damping
     assert newton.returncode == 0, newton.stderr[-3000:]
-    newton_rows = [line.split("|") for line in newton.stdout.splitlines() if line.startswith("| 0.01 |")]
-    assert [row[3].strip() for row in newton_rows] == ["0", "1"]  # alpha 0 is the uncorrected query gradient
-    assert newton_rows[0][5].strip() == newton.stdout.split("reference: loss query ")[1].split(";")[0]
+    newton_rows = [line.split("|") for line in newton.stdout.splitlines() if line.startswith("| gbar | 0.01 |")]
+    assert [row[4].strip() for row in newton_rows] == ["0", "1"]  # alpha 0 is the uncorrected query gradient
+    assert newton_rows[0][6].strip() == newton.stdout.split("reference: loss query ")[1].split(";")[0]
+    assert sum(line.startswith("| random | 0.01 |") for line in newton.stdout.splitlines()) == 2
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout
