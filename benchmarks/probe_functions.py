@@ -199,11 +199,17 @@ def probe(root: Path, num_draws: int, query_draws: int, dampings: list[float], s
     print(f"({time.perf_counter() - start:.0f} s)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def gradient_probe_parser(doc: str) -> argparse.ArgumentParser:
+    """``roots... [--num_draws S] [--query_draws Q]``: the options of the probes that recompute gradients."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="finished benchmark roots (evaluate.py run)")
     parser.add_argument("--num_draws", type=int, default=32, help="S, training draws per example")
     parser.add_argument("--query_draws", type=int, default=256, help="draws of each query's gradient")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = gradient_probe_parser(__doc__)
     parser.add_argument("--dampings", type=float, nargs="+", default=[1e-8, 1e-2, 1.0, 100.0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe_functions import Prober, load_benchmark  # noqa: E402
+from probe_functions import Prober, gradient_probe_parser, load_benchmark  # noqa: E402
 from lit_attr.attribution.gradients import flatten_gradients, unflatten_gradients  # noqa: E402
 from lit_attr.attribution.queries import QuerySet  # noqa: E402
 from lit_attr.constants import QUERIES_FILE  # noqa: E402
@@ -174,10 +174,7 @@ def probe(root: Path, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="+", type=Path, help="finished benchmark roots (evaluate.py run)")
-    parser.add_argument("--num_draws", type=int, default=32, help="S, training draws per example")
-    parser.add_argument("--query_draws", type=int, default=256, help="draws of each query's gradient")
+    parser = gradient_probe_parser(__doc__)
     parser.add_argument("--damping", type=float, default=1e-8, help="damping of the scores (eq. 12)")
     parser.add_argument("--delta_dampings", type=float, nargs="+", default=[1e-6, 1e-4, 1e-2, 1.0])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.25, 1.0, 4.0])
