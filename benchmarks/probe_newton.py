@@ -85,8 +85,9 @@ def training_pass(prober: Prober, num_draws: int, seed: int, keep: bool) -> tupl
     return (torch.cat(rows) if keep else None), (total / count).float()
 
 
-def mean_training_loss(prober: Prober, num_draws: int, seed: int, max_batches: int) -> float:
-    """Mean DDPM loss over the first ``max_batches`` batches, ``num_draws`` fixed draws per example."""
+def mean_training_loss(prober: Prober, num_draws: int = 8, seed: int = 99, max_batches: int = 8) -> float:
+    """Mean DDPM loss over the first ``max_batches`` batches, ``num_draws`` fixed draws per example (the same
+    draws at every call: losses at different parameters compare draw for draw)."""
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in prober.batches[:max_batches]:
@@ -102,13 +103,13 @@ def matched_scale(prober: Prober, steps: dict, gbar_norm: float, iterations: int
     """The factor c for which ``theta - c * steps['random']`` has the training loss of ``theta - steps['gbar']``
     (bisection on log c, started at gbar's step size): the control moves the model as far in loss, not in norm."""
     with shifted(prober.modules, steps["gbar"], -1.0):
-        goal = mean_training_loss(prober, 8, 99, 8)
+        goal = mean_training_loss(prober)
     random_norm = float(torch.cat([v.flatten() for v in steps["random"].values()]).norm())
     low, high = -6.0, 6.0  # log10 of c relative to the same-norm factor
     for _ in range(iterations):
         mid = (low + high) / 2
         with shifted(prober.modules, steps["random"], -(10 ** mid) * gbar_norm / random_norm):
-            low, high = (mid, high) if mean_training_loss(prober, 8, 99, 8) < goal else (low, mid)
+            low, high = (mid, high) if mean_training_loss(prober) < goal else (low, mid)
     return 10 ** ((low + high) / 2) * gbar_norm / random_norm
 
 
@@ -143,7 +144,7 @@ def probe(root: Path, args: argparse.Namespace) -> None:
     print(f"\n{root} (loss target; S = {args.num_draws} training draws, {args.query_draws} query draws, "
           f"scores at damping {args.damping:g})")
     print(f"gbar: norm {float(gbar.norm()):.3e} (median per-example gradient norm {typical:.3e}); cosine with gbar "
-          f"from independent draws {cosine:+.3f}; mean training loss {mean_training_loss(prober, 8, 99, 8):.5f}")
+          f"from independent draws {cosine:+.3f}; mean training loss {mean_training_loss(prober):.5f}")
     print(f"reference: loss query {lds_of(base)}; squared-output-norm query {lds_of(query_gradients('sqnorm'))}")
     print("| direction | lambda_delta | ||delta|| / ||theta|| | alpha | training loss at theta - alpha delta | LDS | "
           "LDS, training gradients at theta - alpha delta too |\n|---|---|---|---|---|---|---|")
@@ -159,12 +160,12 @@ def probe(root: Path, args: argparse.Namespace) -> None:
                  for key, d in directions.items()}
         norms = {key: float(torch.cat([v.flatten() for v in step.values()]).norm()) for key, step in steps.items()}
         for key, delta in steps.items():
-            scale = norms["gbar"] / norms[key] if key == "gbar" else matched_scale(prober, steps, norms["gbar"])
+            scale = 1.0 if key == "gbar" else matched_scale(prober, steps, norms["gbar"])
             delta = {name: v * scale for name, v in delta.items()}
             size = norms[key] * scale / theta_norm
             for alpha in args.alphas:
                 with shifted(prober.modules, delta, -alpha):
-                    loss = mean_training_loss(prober, 8, 99, 8)
+                    loss = mean_training_loss(prober)
                     query_grads = query_gradients()
                     result = lds_of(query_grads)
                     both = lds_of(query_grads, shifted_training=True) if alpha in args.shift_training else "-"
