@@ -261,13 +261,14 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
          "curvature": {"num_draws": 1, "fisher_type": "empirical", "kfac_approx": "reduce"}},
         {"name": "ekfac", **variant, "curvature": {"num_draws": 1, "eigenvalue_correction": True}},
         {"name": "kfac_ensemble", **variant, "ensemble_seeds": [7]},
+        {"name": "kfac_late", **variant, "ensemble_steps": [2]},  # + the checkpoint after step 2 of the 4
         {"name": "from_attribute_py", "attribute_config": "configs/tiny/attribute.yaml"}]  # one group of S = 4
     (tmp_path / "extended.yaml").write_text(yaml.safe_dump(extended))
     more = run_script("evaluate.py", "run", "--config", str(tmp_path / "extended.yaml"), f"--root={bench}")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "[lds] 7/7 models already done" in more.stdout and "kfac: already scored" in more.stdout
     compared = {c["method"] for c in json.loads((bench / "results.json").read_text())["comparison"]}
-    assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble", "from_attribute_py"} <= compared
+    assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble", "kfac_late", "from_attribute_py"} <= compared
     one_group = [r for r in json.loads((bench / "results.json").read_text())["lds"]
                  if r["method"] == "from_attribute_py"]
     assert len(one_group) == 3 and all(r["num_draws"] == 4 and np.isnan(r["split_half"]["mean"]) for r in one_group)
@@ -277,8 +278,17 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     member = load_variant_scores(ensemble_dir / "ensemble" / "seed_7")
     alone = load_variant_scores(ensemble_dir)
     assert not np.allclose(member, alone)  # another model
-    (ensemble_set,) = KFACInfluence(MethodConfig(**extended["methods"][-2])).score_sets(ensemble_dir)
+    (ensemble_set,) = KFACInfluence(MethodConfig(**extended["methods"][-3])).score_sets(ensemble_dir)
     np.testing.assert_allclose(ensemble_set.scores, (member + alone)[:, :2].mean(1) / 2, rtol=1e-6)
+    # the checkpoint ensemble: one rerun of the full model (same seed: the same weights) saved step 2's checkpoint
+    assert "[checkpoints kfac_late] 0/1 models already done; training 1." in more.stdout
+    assert "the rerun's final weights differ from the full model's by at most 0.00e+00" in more.stdout
+    late_dir = bench / "methods" / "kfac_late"
+    step_member = load_variant_scores(late_dir / "ensemble" / "step_2")
+    assert not np.allclose(step_member, load_variant_scores(late_dir))
+    (late_set,) = KFACInfluence(MethodConfig(**extended["methods"][-2])).score_sets(late_dir)
+    np.testing.assert_allclose(late_set.scores, (step_member + load_variant_scores(late_dir))[:, :2].mean(1) / 2,
+                               rtol=1e-6)
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps

@@ -21,11 +21,12 @@ from lit_attr.errors import ConfigError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig, recipe_dataset_arguments
 from lit_attr.evaluation.jobs import TrainingJob, job_done
 from lit_attr.evaluation.layout import REUSABLE, BenchmarkLayout
-from lit_attr.evaluation.plans import ensemble_jobs, lds_jobs
+from lit_attr.evaluation.plans import ensemble_jobs, lds_jobs, trajectory_job
 from lit_attr.evaluation.runner import run_jobs
 from lit_attr.evaluation.subsets import create_subsets, read_subsets, read_subsets_manifest, subsets_exist
 from lit_attr.methods.base import ScoreSet
 from lit_attr.pipeline_io import load_ddpm_module
+from lit_attr.step_checkpoints import step_checkpoint
 from lit_attr.storage import write_atomic
 
 
@@ -152,11 +153,19 @@ class Benchmark:
         members = ensemble_jobs(self.config, self.layout, self.dataset.indices, method.ensemble_seeds)
         if members:
             self.run_jobs(members, stage=f"ensemble {method.name}")
+        ensemble = {f"seed_{job.job.seed}": job.job.run_dir / MODEL_FILE for job in members}
+        if method.ensemble_steps:
+            rerun = trajectory_job(self.config, self.layout, self.dataset.indices)
+            self.run_jobs([rerun], stage=f"checkpoints {method.name}")
+            print(f"[checkpoints {method.name}] the rerun's final weights differ from the full model's by at most "
+                  f"{max_weight_difference(rerun.job.run_dir / MODEL_FILE, self.layout.full_dir / MODEL_FILE):.2e}",
+                  flush=True)
+            ensemble |= {f"step_{n}": step_checkpoint(rerun.job.run_dir, n) for n in method.ensemble_steps}
         inputs = ScoringInputs(checkpoint=self.layout.full_dir / MODEL_FILE, output_dir=out,
                                curvature_dir=self.layout.curvature_dir, data=self.data_settings(),
                                queries=self.config.queries, dataset=self.dataset,
                                query_images=lambda: self.queries().images,
-                               ensemble={job.job.seed: job.job.run_dir / MODEL_FILE for job in members})
+                               ensemble=ensemble)
         method_for(method).score(inputs)
 
     def score_sets(self, method: MethodConfig) -> list[ScoreSet]:
@@ -221,3 +230,11 @@ def pick_score_set(sets: list[ScoreSet], measurement: str, num_draws: int | None
     if measurement not in chosen.approx and len(chosen.approx) > 1:
         raise ConfigError(f"removal.measurement={measurement!r} is not among the method's measurements {chosen.approx}.")
     return chosen
+
+
+def max_weight_difference(checkpoint_a: Path, checkpoint_b: Path) -> float:
+    """The largest absolute difference between the weights of two checkpoints of the same architecture (0 when a
+    rerun with the same seed reproduced the run exactly)."""
+    a = torch.load(checkpoint_a, map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(checkpoint_b, map_location="cpu", weights_only=True)["state_dict"]
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())

@@ -156,6 +156,11 @@ class MethodConfig:
     """kfac only: seeds of extra models trained on all data (the recipe, ``retraining.full_steps``) whose scores are
     averaged with the full model's, a TRAK-style ensemble over training runs; each member costs one training run, one
     curvature fit and one scoring pass (README "Results" measures the gain)."""
+    ensemble_steps: list[int] = field(default_factory=list)
+    """kfac only: optimiser steps (each below ``retraining.full_steps``) of a rerun of the full model's training (same
+    recipe, data and seed) whose checkpoints join the full model in the average, an ensemble over the final phase of
+    one run (TRAK's checkpoints); one training run for all members, then one curvature fit and one scoring pass per
+    member."""
     clip_model: str = "ViT-B-32"
     """CLIP: open_clip model name."""
     clip_weights: str | None = None
@@ -175,6 +180,12 @@ class MethodConfig:
     model: dict[str, Any] | None = None
     """An inline ``attribute.py`` ``model:`` block, instead of or on top of ``attribute_config``'s."""
 
+    @property
+    def ensemble_members(self) -> list[str]:
+        """Names of the ensemble's members besides the full model: ``seed_{s}`` (other runs), ``step_{n}`` (checkpoints
+        of the full model's rerun); their scores live in ``methods/<name>/ensemble/<member>``."""
+        return [f"seed_{s}" for s in self.ensemble_seeds] + [f"step_{n}" for n in self.ensemble_steps]
+
     def __post_init__(self) -> None:
         if self.attribute_config is not None or self.model is not None or self.method is not None:
             from lit_attr.evaluation.method_blocks import apply_attribute_block
@@ -185,8 +196,12 @@ class MethodConfig:
         if self.relative_influence and (self.kind != "kfac" or self.num_groups != 1):
             raise ConfigError(f"Method {self.name!r}: relative_influence divides by the norm of one S-draw gradient: "
                               "use kind kfac with num_groups: 1 and report_draws: [draws_per_group].")
-        if self.ensemble_seeds and self.kind != "kfac":
-            raise ConfigError(f"Method {self.name!r}: ensemble_seeds is supported for kind kfac only; drop it.")
+        for key in ("ensemble_seeds", "ensemble_steps"):
+            if getattr(self, key) and self.kind != "kfac":
+                raise ConfigError(f"Method {self.name!r}: {key} is supported for kind kfac only; drop it.")
+        if len(set(self.ensemble_steps)) < len(self.ensemble_steps) or any(s < 1 for s in self.ensemble_steps):
+            raise ConfigError(f"Method {self.name!r}: ensemble_steps {self.ensemble_steps} must be distinct positive "
+                              "optimiser steps below retraining.full_steps.")
         if self.kind in ("pixel", "clip"):
             self.report_draws = [0]
             if self.kind == "clip" and not self.clip_weights:
@@ -249,5 +264,9 @@ class BenchmarkConfig:
         unknown = [m for m in self.removal.methods if m not in names]
         if self.removal.queries and (unknown or not self.removal.methods):
             raise ConfigError(f"removal.methods {self.removal.methods} must name methods of the benchmark {names}.")
+        late = [(m.name, s) for m in self.methods for s in m.ensemble_steps if s >= self.retraining.full_steps]
+        if late:
+            raise ConfigError(f"Method {late[0][0]!r}: ensemble_steps must be below retraining.full_steps="
+                              f"{self.retraining.full_steps} (the full model is always a member); got {late[0][1]}.")
         if any(not 0 <= q < self.queries.num_generated for q in self.removal.queries):
             raise ConfigError(f"removal.queries {self.removal.queries} must lie in [0, {self.queries.num_generated}).")

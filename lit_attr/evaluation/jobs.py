@@ -80,11 +80,13 @@ class RetrainJob:
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """A model to train: ``job`` (subset file, seed, run folder) for ``steps`` steps."""
+    """A model to train: ``job`` (subset file, seed, run folder) for ``steps`` steps, checkpoints at ``save_steps``."""
 
     job: RetrainJob
     steps: int
     label: str
+    save_steps: tuple[int, ...] = ()
+    """Optimiser steps after which the run also saves ``step_{n}/model.ckpt`` (a checkpoint ensemble's members)."""
 
 
 def job_done(job: RetrainJob) -> bool:

@@ -10,6 +10,7 @@ Layout::
     subsets/                            the LDS subsets and their manifest (``lit_attr.evaluation.subsets``)
     retrain/subset_{i:03d}/seed_{k}/    model.ckpt, measurements.pt, done.json (written last)
     ensemble/seed_{s}/                  extra full-data models of a method's ensemble
+    ensemble/trajectory/step_{n}/       checkpoints of a rerun of the full model (a checkpoint ensemble's members)
     methods/<name>/                     scores of each method
     curvature/                          K-FAC factors shared by methods with equal settings
     removal/<method>/<name>/            indices.txt and run/ of a model retrained without top influences
@@ -91,6 +92,11 @@ class BenchmarkLayout:
     def ensemble_dir(self, seed: int) -> Path:
         """``ensemble/seed_{s}``: the extra full-data model with seed s."""
         return self.root / ENSEMBLE_DIR / f"seed_{seed}"
+
+    @property
+    def trajectory_dir(self) -> Path:
+        """``ensemble/trajectory``: a rerun of the full model (same seed) that saves ``step_{n}/model.ckpt``."""
+        return self.root / ENSEMBLE_DIR / "trajectory"
 
     def method_dir(self, name: str) -> Path:
         """``methods/<name>``: the scores of one method."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_attr.constants import SUBSET_INDICES_FILE
+from lit_attr.constants import DONE_FILE, SUBSET_INDICES_FILE
 from lit_attr.data.index_files import read_index_file, write_index_file
 from lit_attr.errors import ConfigError, StoreMismatchError
 from lit_attr.evaluation.config import BenchmarkConfig, MethodConfig
@@ -31,7 +31,7 @@ from lit_attr.evaluation.jobs import RetrainJob, SeedingProtocol, TrainingJob, j
 from lit_attr.evaluation.layout import BenchmarkLayout
 from lit_attr.evaluation.subsets import read_subsets_manifest, subset_indices_path
 from lit_attr.metrics.retraining import random_removal, remaining_positions, top_influence_removal
-from lit_attr.storage import write_atomic
+from lit_attr.storage import read_json, write_atomic
 
 
 def full_job(config: BenchmarkConfig, layout: BenchmarkLayout, train_indices: Sequence[int]) -> TrainingJob:
@@ -55,6 +55,29 @@ def ensemble_jobs(config: BenchmarkConfig, layout: BenchmarkLayout, train_indice
                           f"({full.job.seed}, the full model's seed, which is always a member).")
     return [TrainingJob(RetrainJob(-1, 0, seed, full.job.indices_file, layout.ensemble_dir(seed)),
                         full.steps, f"ensemble model seed {seed}") for seed in seeds]
+
+
+def trajectory_job(config: BenchmarkConfig, layout: BenchmarkLayout, train_indices: Sequence[int]) -> TrainingJob:
+    """The rerun of the full model (same recipe, data, seed and steps) that saves the checkpoints of every method's
+    ``ensemble_steps`` (their union): ``ensemble/trajectory/step_{n}/model.ckpt``.
+
+    Raises:
+        ConfigError: a step not below ``retraining.full_steps`` (the last checkpoint is the full model itself), or a
+            finished rerun that did not save a step the config now asks for (the fix: delete its folder).
+    """
+    full = full_job(config, layout, train_indices)
+    steps = tuple(sorted({s for m in config.methods for s in m.ensemble_steps}))
+    if steps and steps[-1] >= full.steps:
+        raise ConfigError(f"ensemble_steps {list(steps)} must be below retraining.full_steps={full.steps} (the full "
+                          "model is always a member).")
+    job = TrainingJob(RetrainJob(-1, 0, full.job.seed, full.job.indices_file, layout.trajectory_dir), full.steps,
+                      "rerun of the full model with checkpoints", save_steps=steps)
+    if job_done(job.job):
+        saved = read_json(job.job.run_dir / DONE_FILE).get("save_steps") or []
+        if not set(steps) <= set(saved):
+            raise ConfigError(f"{job.job.run_dir} saved checkpoints at steps {saved}; this config asks for "
+                              f"{list(steps)}. Delete {job.job.run_dir} to rerun it with every step (one training run).")
+    return job
 
 
 def plan_retraining(

@@ -65,13 +65,15 @@ def run_job(bench: Benchmark, job: TrainingJob) -> float:
     start = time.perf_counter()
     t = bench.config.true_measurements
     r = bench.config.retraining
-    run = train_model(r.recipe, job.job.run_dir, job.steps, job.job.seed, job.job.indices_file, r.train_args)
+    run = train_model(r.recipe, job.job.run_dir, job.steps, job.job.seed, job.job.indices_file, r.train_args,
+                      save_steps=job.save_steps)
     values = measure_queries(run.module, bench.queries().images, t.measurements, t.num_draws, t.seed)
     torch.save({"values": values, "measurements": list(t.measurements), "num_draws": t.num_draws,
                 "seed": t.seed}, job.job.run_dir / MEASUREMENTS_FILE)
     seconds = time.perf_counter() - start
+    saved = {"save_steps": list(job.save_steps)} if job.save_steps else {}
     mark_job_done(job.job, {"steps": job.steps, "fit_seconds": round(run.fit_seconds, 1),
-                            "seconds": round(seconds, 1)})
+                            "seconds": round(seconds, 1), **saved})
     return seconds
 
 

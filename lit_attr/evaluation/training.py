@@ -16,13 +16,14 @@ seeding protocol of ``lit_attr.evaluation.jobs``).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lit_attr.constants import MODEL_FILE
 from lit_attr.ddpm_module import DDPMModule
+from lit_attr.step_checkpoints import SaveAtStepsCallback
 from lit_attr.storage import write_atomic
-
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class TrainingRun:
 
 
 def train_model(recipe: str | Path, run_dir: str | Path, max_steps: int, seed: int,
-                subset_file: str | Path | None = None, extra_args: list[str] | None = None) -> TrainingRun:
+                subset_file: str | Path | None = None, extra_args: list[str] | None = None,
+                save_steps: Sequence[int] = ()) -> TrainingRun:
     """Fit the DDPM of ``recipe`` for ``max_steps`` steps with ``seed`` and save ``run_dir/model.ckpt``.
 
     Args:
@@ -45,6 +47,8 @@ def train_model(recipe: str | Path, run_dir: str | Path, max_steps: int, seed: i
         seed: ``seed_everything`` value (initialisation, minibatch order, timesteps, noise).
         subset_file: index file of the training subset (None: all training data).
         extra_args: further ``train.py`` command-line overrides.
+        save_steps: optimiser steps after which to save a checkpoint as well, to
+            ``run_dir/step_{n}/model.ckpt`` (``callbacks.checkpoint_steps``; a checkpoint ensemble's members).
 
     Returns:
         The fitted module (on CPU) and the checkpoint path, written last via a temporary file.
@@ -60,6 +64,8 @@ def train_model(recipe: str | Path, run_dir: str | Path, max_steps: int, seed: i
         args.append(f"--data.subset_file={subset_file}")
     cli = LitAttrCLI(DDPMModule, DiffusionDataModule, run=False, args=args + list(extra_args or []),
                      save_config_callback=None)
+    if save_steps:
+        cli.trainer.callbacks.append(SaveAtStepsCallback(save_steps, dirpath=str(run_dir)))
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start

@@ -56,7 +56,7 @@ class ScoringInputs:
         queries: the benchmark's query settings.
         dataset: the training dataset (``{"index", "image"}`` items), for methods that read images directly.
         query_images: the query images (Q, C, H, W) in [-1, 1], built on first call.
-        ensemble: checkpoints of the extra full-data models by training seed (``MethodConfig.ensemble_seeds``).
+        ensemble: checkpoints of the ensemble's other members by name (``MethodConfig.ensemble_members``).
     """
 
     checkpoint: Path
@@ -66,7 +66,7 @@ class ScoringInputs:
     queries: QueriesConfig
     dataset: Any
     query_images: Callable[[], Tensor]
-    ensemble: dict[int, Path] = field(default_factory=dict)
+    ensemble: dict[str, Path] = field(default_factory=dict)
 
 
 class AttributionMethod(ABC):

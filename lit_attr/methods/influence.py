@@ -62,7 +62,7 @@ class KFACInfluence(AttributionMethod):
 
     def score(self, inputs: ScoringInputs) -> None:
         """Score with the full model into ``output_dir``, then with each ensemble member into
-        ``output_dir/ensemble/seed_{s}`` (its own curvature, next to its checkpoint; the benchmark's queries)."""
+        ``output_dir/ensemble/<member>`` (its own curvature, next to its checkpoint; the benchmark's queries)."""
         q = inputs.queries
         self._score_model(inputs.checkpoint, inputs.output_dir, inputs.curvature_dir,
                           QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), inputs.data)
@@ -73,15 +73,15 @@ class KFACInfluence(AttributionMethod):
             query_file.parent.mkdir(parents=True, exist_ok=True)
             images = inputs.query_images()
             write_atomic(query_file, lambda tmp: torch.save(images, tmp))
-        for seed, checkpoint in inputs.ensemble.items():
-            self.log(f"ensemble member seed {seed}:")
-            self._score_model(checkpoint, self.member_dir(inputs.output_dir, seed), checkpoint.parent / CURVATURE_DIR,
+        for name, checkpoint in inputs.ensemble.items():
+            self.log(f"ensemble member {name}:")
+            self._score_model(checkpoint, self.member_dir(inputs.output_dir, name), checkpoint.parent / CURVATURE_DIR,
                               QueryConfig(file=str(query_file)), inputs.data)
 
     @staticmethod
-    def member_dir(output_dir: Path, seed: int) -> Path:
-        """Scores of the ensemble member trained with ``seed``."""
-        return output_dir / ENSEMBLE_DIR / f"seed_{seed}"
+    def member_dir(output_dir: Path, member: str) -> Path:
+        """Scores of the ensemble member ``member`` (``MethodConfig.ensemble_members``: ``seed_{s}``, ``step_{n}``)."""
+        return output_dir / ENSEMBLE_DIR / member
 
     def _score_model(self, checkpoint: Path, out: Path, curvature_dir: Path, queries: QueryConfig,
                      data: dict[str, Any]) -> None:
@@ -114,10 +114,11 @@ class KFACInfluence(AttributionMethod):
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
         """Per reported S: the mean over its first S / draws_per_group groups, and over each half of them (no halves
         for a single group); with
-        ``ensemble_seeds``, averaged over the full model and the members (a TRAK-style ensemble over training runs).
+        ``ensemble_seeds`` / ``ensemble_steps``, averaged over the full model and the members (a TRAK-style ensemble
+        over training runs / over checkpoints of the final phase of one run).
         ``draw_sets``: the disjoint sets of S draws the run holds."""
         m = self.config
-        members = [output_dir] + [self.member_dir(output_dir, seed) for seed in m.ensemble_seeds]
+        members = [output_dir] + [self.member_dir(output_dir, name) for name in m.ensemble_members]
         scores = np.mean([load_variant_scores(d) for d in members], axis=0)  # (N, G, M, D, Q), ensemble mean
         sets = []
         for draws in m.report_draws:

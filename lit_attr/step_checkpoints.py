@@ -1,0 +1,55 @@
+"""``SaveAtStepsCallback``: weights-only checkpoints at chosen optimiser steps (late checkpoints of one run)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+
+from lit_attr.constants import MODEL_FILE
+from lit_attr.storage import write_atomic
+
+
+def step_checkpoint(dirpath: str | Path, step: int) -> Path:
+    """``<dirpath>/step_{step}/model.ckpt``: the checkpoint taken after optimiser step ``step``."""
+    return Path(dirpath) / f"step_{step}" / MODEL_FILE
+
+
+class SaveAtStepsCallback(L.Callback):
+    """Save the weights after each of ``steps`` optimiser steps to ``step_checkpoint(dirpath, step)``, atomically.
+
+    The checkpoints of one training run's final phase are the members of a checkpoint ensemble (scores averaged over
+    them, as TRAK averages over checkpoints; README "Results"). In YAML::
+
+        trainer:
+          callbacks:
+            - class_path: callbacks.checkpoint_steps.SaveAtStepsCallback
+              init_args: {steps: [700, 800, 900], dirpath: runs/digits/late}
+
+    Args:
+        steps: positive optimiser steps (``trainer.global_step`` after the step), distinct.
+        dirpath: the folder of the ``step_{n}/`` sub-folders (None: ``trainer.default_root_dir``).
+    """
+
+    def __init__(self, steps: Sequence[int], dirpath: str | None = None) -> None:
+        steps = [int(s) for s in steps]
+        if not steps or min(steps) < 1 or len(set(steps)) < len(steps):
+            raise ValueError(f"SaveAtStepsCallback: steps={steps} must be distinct positive optimiser steps.")
+        self.steps = sorted(steps)
+        self.dirpath = dirpath
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps < self.steps[-1]:
+            raise ValueError(f"SaveAtStepsCallback: step {self.steps[-1]} is beyond trainer.max_steps="
+                             f"{trainer.max_steps}; ask for steps up to max_steps.")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step in self.steps:
+            path = step_checkpoint(self.dirpath or trainer.default_root_dir, step)
+            if trainer.is_global_zero:  # every rank calls save_checkpoint (it holds a barrier); rank 0 writes
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=True))
+            else:
+                trainer.save_checkpoint(path, weights_only=True)
