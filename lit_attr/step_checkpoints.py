@@ -38,6 +38,7 @@ class SaveAtStepsCallback(L.Callback):
             raise ValueError(f"SaveAtStepsCallback: steps={steps} must be distinct positive optimiser steps.")
         self.steps = sorted(steps)
         self.dirpath = dirpath
+        self._saved: set[int] = set()  # with gradient accumulation several batches end at the same global step
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.max_steps is not None and 0 < trainer.max_steps < self.steps[-1]:
@@ -46,7 +47,8 @@ class SaveAtStepsCallback(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step in self.steps:
+        if step in self.steps and step not in self._saved:
+            self._saved.add(step)
             path = step_checkpoint(self.dirpath or trainer.default_root_dir, step)
             if trainer.is_global_zero:  # every rank calls save_checkpoint (it holds a barrier); rank 0 writes
                 path.parent.mkdir(parents=True, exist_ok=True)

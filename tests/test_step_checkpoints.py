@@ -60,3 +60,24 @@ def test_one_rerun_saves_every_method_s_steps_and_a_rerun_missing_steps_is_refus
         trajectory_job(config, layout, [0, 1, 2])
     mark_job_done(job.job, {"steps": 600, "save_steps": [300, 400, 500, 550]})
     assert trajectory_job(config, layout, [0, 1, 2]).save_steps == (300, 400, 500)
+
+
+def test_a_step_is_saved_once_when_several_batches_end_at_it(tmp_path):
+    """With gradient accumulation ``global_step`` stays put for several batches; the checkpoint is written once."""
+    written = []
+
+    class FakeTrainer:
+        global_step = 0
+        is_global_zero = True
+        default_root_dir = str(tmp_path)
+
+        def save_checkpoint(self, path, weights_only):
+            written.append((self.global_step, path))
+            torch.save({}, path)
+
+    trainer, callback = FakeTrainer(), SaveAtStepsCallback([1, 2])
+    for step in (0, 1, 1, 1, 2, 2, 3):  # accumulation over up to three batches
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert [step for step, _ in written] == [1, 2]
+    assert step_checkpoint(tmp_path, 1).exists() and step_checkpoint(tmp_path, 2).exists()
