@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class Recipe(NamedTuple):
     """One training recipe: full-data steps (each half subset trains half as many), peak learning rate,
     EMA decay (0: final weights), batch size, the U-Net's ``block_out_channels`` and whether each example's
-    order and draws are keyed by its index (``--data.example_keyed``)."""
+    order and draws are keyed by its index (``--data.example_keyed``); ``init_seed`` (``--model.init_seed``) gives
+    every model (the full one, every subset and seed) the same initial weights, so seeds differ only in
+    minibatch order, timesteps and noise."""
 
     steps: int
     lr: float
@@ -38,6 +40,7 @@ class Recipe(NamedTuple):
     batch_size: int
     channels: tuple[int, int] = (16, 32)
     example_keyed: bool = False
+    init_seed: int | None = None
 
 
 RECIPES = {
@@ -50,6 +53,7 @@ RECIPES = {
     "long_b64": Recipe(1000, 3e-3, 0.0, 64),
     "long_wide": Recipe(1000, 3e-3, 0.0, 128, channels=(32, 64)),  # 4x the parameters (0.7M)
     "long_keyed": Recipe(1000, 3e-3, 0.0, 128, example_keyed=True),  # common random numbers per example
+    "long_shared_init": Recipe(1000, 3e-3, 0.0, 128, init_seed=0),  # one initialisation for every model
 }
 
 
@@ -62,6 +66,8 @@ def recipe_config(dataset: str, recipe: Recipe) -> dict:
     config["data"] = {"dataset": dataset, "batch_size": recipe.batch_size, "num_workers": 0}
     if recipe.example_keyed:
         config["data"]["example_keyed"] = True
+    if recipe.init_seed is not None:
+        config["model"]["init_seed"] = recipe.init_seed
     return config
 
 

@@ -12,8 +12,10 @@ random states (``lit_attr.checkpoints``) and refuse to load into another archite
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,18 @@ from lit_attr.latent.cache import LatentDataset, load_or_encode_latents
 from lit_attr.validation import first_non_finite, integer, number
 
 
+@contextlib.contextmanager
+def _initialisation_rng(init_seed: int | None) -> Iterator[None]:
+    """Draw the weights built inside from ``init_seed`` (CPU generator, forked: the global stream is restored
+    afterwards), or from the global generator when it is None."""
+    if init_seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        yield
+
+
 class DDPMModule(L.LightningModule):
     """A DDPM on a diffusers ``UNet2DModel``.
 
@@ -50,6 +64,9 @@ class DDPMModule(L.LightningModule):
         vae: a local diffusers ``AutoencoderKL`` folder: the DDPM is trained on its latents (frozen VAE;
             ``lit_attr.latent``). ``image_shape`` stays the data's; the U-Net gets the latent shape.
         vae_config: the VAE's config (set automatically, so that a checkpoint rebuilds the VAE without the folder).
+        init_seed: seed of the U-Net's initial weights alone (None: drawn from the global generator, i.e. from
+            ``seed_everything``). With it, runs with different ``seed_everything`` values start from the same
+            weights and differ only in minibatch order, timesteps and noise; the global stream is left untouched.
     """
 
     def __init__(
@@ -63,12 +80,15 @@ class DDPMModule(L.LightningModule):
         diffusers_unet_config: dict[str, Any] | None = None,
         vae: str | None = None,
         vae_config: dict[str, Any] | None = None,
+        init_seed: int | None = None,
     ) -> None:
         super().__init__()
         unet, diffusion = as_config(unet, UNetConfig), as_config(diffusion, DiffusionConfig)
         optimizer = as_config(optimizer, OptimizerConfig)
         integer(loss_buckets, "--model.loss_buckets (0 disables the per-timestep loss)", low=0)
         ema_decay = number(ema_decay, "--model.ema_decay", 0.0, 1.0, high_open=True)
+        if init_seed is not None:
+            integer(init_seed, "--model.init_seed (omit it to initialise from --seed_everything)", low=0)
         self.vae: AutoencoderKL | None = None
         if vae_config is not None or vae is not None:
             self.vae = (autoencoder.freeze(AutoencoderKL.from_config(vae_config)) if vae_config
@@ -77,17 +97,19 @@ class DDPMModule(L.LightningModule):
         # Plain dicts, so that checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({"image_shape": list(image_shape), "unet": asdict(unet), "diffusion": asdict(diffusion),
                                    "optimizer": asdict(optimizer), "ema_decay": ema_decay, "loss_buckets": loss_buckets,
-                                   "diffusers_unet_config": diffusers_unet_config, "vae": vae, "vae_config": vae_config})
+                                   "diffusers_unet_config": diffusers_unet_config, "vae": vae, "vae_config": vae_config,
+                                   "init_seed": init_seed})
         self.image_shape = tuple(image_shape)
         self.model_shape = self.image_shape if self.vae is None else autoencoder.latent_shape(self.vae, image_shape)
         self.optimizer_config = optimizer
         self.ema_decay = ema_decay
         self.loss_buckets = loss_buckets
         self.diffusion_config = diffusion
-        if diffusers_unet_config is not None:
-            self.unet = UNet2DModel.from_config(diffusers_unet_config)
-        else:
-            self.unet = build_unet(unet, self.model_shape)
+        with _initialisation_rng(init_seed):
+            if diffusers_unet_config is not None:
+                self.unet = UNet2DModel.from_config(diffusers_unet_config)
+            else:
+                self.unet = build_unet(unet, self.model_shape)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.schedule = diffusion.build()
 

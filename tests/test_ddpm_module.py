@@ -29,6 +29,26 @@ def test_bad_unet_config_names_the_flag():
         OptimizerConfig(warmup_fraction=1.5)
 
 
+def test_init_seed_fixes_the_weights_and_leaves_the_global_stream_alone():
+    def build(global_seed, init_seed):
+        torch.manual_seed(global_seed)
+        module = DDPMModule(unet=tiny_unet_config(), init_seed=init_seed)
+        return module.unet.state_dict(), torch.rand(3)
+
+    shared_a, after_a = build(0, init_seed=7)
+    shared_b, after_b = build(1, init_seed=7)
+    own_a, _ = build(0, init_seed=None)
+    own_b, _ = build(1, init_seed=None)
+    assert all(torch.equal(shared_a[k], shared_b[k]) for k in shared_a)  # same weights whatever the global seed
+    assert not torch.equal(own_a["conv_in.weight"], own_b["conv_in.weight"])  # without it, the seed decides
+    assert not torch.equal(shared_a["conv_in.weight"], build(0, init_seed=8)[0]["conv_in.weight"])
+    torch.manual_seed(0)
+    assert torch.equal(after_a, torch.rand(3))  # the global stream is not consumed by the initialisation
+    assert not torch.equal(after_a, after_b)
+    with pytest.raises(ValueError, match="init_seed"):
+        DDPMModule(unet=tiny_unet_config(), init_seed=-1)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny DDPM trained for a few steps, with its checkpoint."""

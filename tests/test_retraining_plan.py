@@ -227,3 +227,31 @@ def test_retraining_metric_mean_and_stderr_by_hand():
     assert result["control_mean"].item() == 0.0 and result["control_stderr"].item() == 0.0
     assert result["control_relative_change"][2].isnan()
     torch.testing.assert_close(result["relative_change"], torch.tensor(changes))
+
+
+def test_run_jobs_skips_a_job_another_process_finished_meanwhile(tmp_path, monkeypatch, capsys):
+    """A sequential run checks each job's marker again before training it: a parallel ``evaluate.py retrain``
+    share that finished the job in the meantime is not duplicated."""
+    from lit_attr.evaluation import runner
+    from lit_attr.evaluation.jobs import RetrainJob, TrainingJob
+
+    indices = tmp_path / "indices.txt"
+    indices.write_text("0\n1\n")
+    jobs = [TrainingJob(RetrainJob(i, 0, 5, indices, tmp_path / f"subset_{i}"), steps=10, label=f"subset {i}")
+            for i in range(3)]
+    trained = []
+
+    def fake_run_job(bench, job):
+        trained.append(job.label)
+        job.job.run_dir.mkdir(parents=True)
+        mark_job_done(job.job, {"steps": job.steps})
+        if job is jobs[0]:  # meanwhile another process finishes subset 1
+            jobs[1].job.run_dir.mkdir(parents=True)
+            mark_job_done(jobs[1].job, {"steps": 10})
+        return 1.0
+
+    monkeypatch.setattr(runner, "run_job", fake_run_job)
+    runner.run_jobs(bench=None, jobs=jobs, workers=1)
+    assert trained == ["subset 0", "subset 2"]
+    assert "subset 1: done meanwhile by another process; skipped" in capsys.readouterr().out
+    assert all(job_done(j.job) for j in jobs)

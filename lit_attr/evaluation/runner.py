@@ -53,6 +53,9 @@ def run_jobs(bench: Benchmark, jobs: list[TrainingJob], workers: int = 1, stage:
         return
     start = time.perf_counter()
     for n, job in enumerate(pending, 1):
+        if job_done(job.job):  # another process (a parallel `evaluate.py retrain` share) finished it meanwhile
+            print(f"[{stage}] {n}/{len(pending)} {job.label}: done meanwhile by another process; skipped", flush=True)
+            continue
         seconds = run_job(bench, job)
         elapsed = time.perf_counter() - start
         eta = elapsed / n * (len(pending) - n)
