@@ -133,3 +133,22 @@ def test_train_cli_ddp_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
+
+
+@pytest.mark.parametrize("recipe", ["long_shared_init", "long_b512"])
+def test_probe_recipes_are_train_configs(recipe, tmp_path, capsys):
+    """benchmarks/probe_recipe.py's recipes are ``train.py`` configs: init_seed and batch size reach the CLI."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("probe_recipe", ROOT / "benchmarks" / "probe_recipe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(probe.recipe_config("digits", probe.RECIPES[recipe])))
+    with pytest.raises(SystemExit):
+        train_cli(args=["fit", "--config", str(path), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["init_seed"] == (0 if recipe == "long_shared_init" else None)
+    assert printed["data"]["batch_size"] == (512 if recipe == "long_b512" else 128)
