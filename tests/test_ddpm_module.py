@@ -9,7 +9,7 @@ from lit_attr.ddpm_config import OptimizerConfig, warmup_cosine
 from lit_attr.ddpm_module import DDPMModule
 from lit_attr.diffusion.unet import UNetConfig, tiny_unet_config
 from lit_attr.pipeline_io import export_pipeline, import_pipeline, load_ddpm_module
-from tests.helpers import ROOT, run_script, tiny_config, train_tiny_ddpm
+from tests.helpers import ROOT, load_benchmark_script, run_script, tiny_config, train_tiny_ddpm
 
 
 def test_warmup_cosine_schedule():
@@ -138,13 +138,9 @@ def test_train_cli_ddp_on_cpu(tmp_path):
 @pytest.mark.parametrize("recipe", ["long_shared_init", "long_b512"])
 def test_probe_recipes_are_train_configs(recipe, tmp_path, capsys):
     """benchmarks/probe_recipe.py's recipes are ``train.py`` configs: init_seed and batch size reach the CLI."""
-    import importlib.util
-
     import yaml
 
-    spec = importlib.util.spec_from_file_location("probe_recipe", ROOT / "benchmarks" / "probe_recipe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark_script("probe_recipe")
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(probe.recipe_config("digits", probe.RECIPES[recipe])))
     with pytest.raises(SystemExit):
