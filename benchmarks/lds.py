@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="digits", choices=["digits", "patches"])
+    parser.add_argument("--dataset", default="digits", choices=["digits", "patches", "photos"])
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--quick", action="store_true", help="The minutes-long digits variant.")
     variant.add_argument("--compare", action="store_true", help="Levers, draw schemes and the removal experiment too.")

@@ -120,7 +120,7 @@ def _pm(stat: dict | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="digits", choices=["digits", "patches"])
+    parser.add_argument("--dataset", default="digits", choices=["digits", "patches", "photos"])
     parser.add_argument("--recipes", nargs="+", default=["short_ema", "long", "long_ema"], choices=sorted(RECIPES))
     parser.add_argument("--subsets", type=int, default=12, help="M subsets, each trained with two seeds.")
     parser.add_argument("--queries", type=int, default=32)

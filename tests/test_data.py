@@ -184,7 +184,7 @@ def test_folder_dataset_errors(tmp_path):
         ({"name": "folder", "image_size": 8, "channels": 1}, "--data.data_dir"),
         ({"name": "cifar10"}, "--data.data_dir"),
         ({"name": "digits", "image_size": 32}, "--data.image_size=32"),
-        ({"name": "mnist"}, "choose one of digits, patches, cifar10, cifar2, folder"),
+        ({"name": "mnist"}, "choose one of digits, patches, photos, cifar10, cifar2, folder"),
     ],
 )
 def test_bad_dataset_arguments_name_the_flag(kwargs, flag):

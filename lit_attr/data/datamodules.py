@@ -18,7 +18,7 @@ from lit_attr.data.indexed import IndexedDataset
 from lit_attr.data.resumable import ResumableDataLoader
 from lit_attr.errors import ConfigError, DataError
 
-DatasetName = Literal["digits", "patches", "cifar10", "cifar2", "folder"]
+DatasetName = Literal["digits", "patches", "photos", "cifar10", "cifar2", "folder"]
 
 
 def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -10,6 +10,8 @@ Datasets (``DATASET_NAMES``):
 
 - ``digits``: scikit-learn's 1797 grey 8x8 digits (values 0..16), shipped with scikit-learn.
 - ``patches``: 2080 colour 8x8 tiles of scikit-learn's two sample photographs (``lit_attr.data.patches``).
+- ``photos``: 2048 colour 8x8 tiles of eight of scikit-image's bundled photographs (``lit_attr.data.photos``;
+  needs scikit-image installed, its files are read, nothing is downloaded).
 - ``cifar10``: the CIFAR-10 python batches in a local folder; never downloaded.
 - ``cifar2``: CIFAR-2 of Mlodozeniec et al., "Influence Functions for Scalable Data Attribution
   in Diffusion Models", App. G.1 (after Zheng et al., 2024): ``num_per_class`` automobiles
@@ -32,12 +34,13 @@ from lit_attr.data.folders import ImageFolderDataset
 from lit_attr.data.index_files import read_index_file
 from lit_attr.data.indexed import ArrayImageDataset, IndexedDataset, SubsetDataset
 from lit_attr.data.patches import load_patches_dataset
+from lit_attr.data.photos import load_photos_dataset
 from lit_attr.errors import ConfigError
 
-DATASET_NAMES = ("digits", "patches", "cifar10", "cifar2", "folder")
-BUNDLED_DATASETS = ("digits", "patches")
+DATASET_NAMES = ("digits", "patches", "photos", "cifar10", "cifar2", "folder")
+BUNDLED_DATASETS = ("digits", "patches", "photos")
 """Datasets that ship with an installed package (no ``--data.data_dir``)."""
-NATIVE_SHAPES = {"digits": (1, 8, 8), "patches": (3, 8, 8), "cifar10": (3, 32, 32), "cifar2": (3, 32, 32)}
+NATIVE_SHAPES = {"digits": (1, 8, 8), "patches": (3, 8, 8), "photos": (3, 8, 8), "cifar10": (3, 32, 32), "cifar2": (3, 32, 32)}
 
 
 def load_digits_dataset(random_flip: bool = False) -> ArrayImageDataset:
@@ -139,6 +142,8 @@ class DatasetConfig:
             return load_digits_dataset(self.random_flip)
         if self.name == "patches":
             return load_patches_dataset(self.random_flip)
+        if self.name == "photos":
+            return load_photos_dataset(self.random_flip)
         if self.name == "cifar10":
             return load_cifar10_dataset(self.data_dir, self.train, self.random_flip)
         if self.name == "cifar2":
