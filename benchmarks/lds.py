@@ -1,8 +1,8 @@
-"""The LDS benchmarks: ``python benchmarks/lds.py [--dataset digits|patches] [--compare | --quick]
+"""The LDS benchmarks: ``python benchmarks/lds.py [--dataset digits|patches|photos] [--compare | --quick]
 [--protocol common|independent] [--root DIR] [evaluate.py overrides]``.
 
 Runs ``evaluate.py run`` with ``configs/lds/<dataset>.yaml`` (K-FAC influence, TRAK, D-TRAK and pixel
-cosine; about 45 min on 2 idle CPU cores), with ``--compare`` ``configs/lds/<dataset>_compare.yaml``
+cosine; about 45 min on 2 idle CPU cores, photos about 90 min), with ``--compare`` (digits and patches) ``configs/lds/<dataset>_compare.yaml``
 (the same root plus the draw-scheme and curvature levers and the removal experiment), or with ``--quick``
 ``configs/lds/digits_quick.yaml`` (digits, minutes). ``--protocol independent`` retrains the same
 benchmark under the paper's seeding protocol in ``<root>_independent``, reusing the common root's full
@@ -36,6 +36,8 @@ def main() -> int:
     args, overrides = parser.parse_known_args()
     if args.quick and args.dataset != "digits":
         parser.error("--quick exists for the digits only.")
+    if args.compare and args.dataset == "photos":
+        parser.error("--compare exists for digits and patches; for photos run configs/lds/photos_m12.yaml (README).")
     name = "digits_quick" if args.quick else f"{args.dataset}_compare" if args.compare else args.dataset
     config = ROOT / "configs" / "lds" / f"{name}.yaml"
     root = args.root or yaml.safe_load(config.read_text())["root"]
