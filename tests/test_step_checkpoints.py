@@ -62,49 +62,38 @@ def test_one_rerun_saves_every_method_s_steps_and_a_rerun_missing_steps_is_refus
     assert trajectory_job(config, layout, [0, 1, 2]).save_steps == (300, 400, 500)
 
 
+class FakeTrainer:
+    """The part of ``L.Trainer`` that ``SaveAtStepsCallback`` reads; ``written`` lists the steps saved."""
+
+    def __init__(self, root, max_steps=None):
+        self.global_step, self.is_global_zero, self.default_root_dir = 0, True, str(root)
+        self.max_steps, self.written = max_steps, []
+
+    def save_checkpoint(self, path, weights_only):
+        self.written.append(self.global_step)
+        torch.save({}, path)
+
+
 def test_a_step_is_saved_once_when_several_batches_end_at_it(tmp_path):
     """With gradient accumulation ``global_step`` stays put for several batches; the checkpoint is written once."""
-    written = []
-
-    class FakeTrainer:
-        global_step = 0
-        is_global_zero = True
-        default_root_dir = str(tmp_path)
-
-        def save_checkpoint(self, path, weights_only):
-            written.append((self.global_step, path))
-            torch.save({}, path)
-
-    trainer, callback = FakeTrainer(), SaveAtStepsCallback([1, 2])
+    trainer, callback = FakeTrainer(tmp_path), SaveAtStepsCallback([1, 2])
     for step in (0, 1, 1, 1, 2, 2, 3):  # accumulation over up to three batches
         trainer.global_step = step
         callback.on_train_batch_end(trainer, None, None, None, 0)
-    assert [step for step, _ in written] == [1, 2]
+    assert trainer.written == [1, 2]
     assert step_checkpoint(tmp_path, 1).exists() and step_checkpoint(tmp_path, 2).exists()
 
 
 def test_fractions_resolve_to_steps_of_max_steps_and_are_saved(tmp_path):
     """``fractions`` name the steps as parts of ``trainer.max_steps`` (rounded, at least 1, each saved once)."""
-    written = []
-
-    class FakeTrainer:
-        global_step = 0
-        is_global_zero = True
-        default_root_dir = str(tmp_path)
-        max_steps = 1500
-
-        def save_checkpoint(self, path, weights_only):
-            written.append(self.global_step)
-            torch.save({}, path)
-
-    trainer = FakeTrainer()
+    trainer = FakeTrainer(tmp_path, max_steps=1500)
     callback = SaveAtStepsCallback(fractions=[0.8, 0.4, 0.6])
     callback.on_fit_start(trainer, None)
     assert callback.steps == [600, 900, 1200]
     for step in range(1, 1501):
         trainer.global_step = step
         callback.on_train_batch_end(trainer, None, None, None, 0)
-    assert written == [600, 900, 1200] and step_checkpoint(tmp_path, 900).exists()
+    assert trainer.written == [600, 900, 1200] and step_checkpoint(tmp_path, 900).exists()
     trainer.max_steps = 4  # a short run: 0.4 and 0.6 of 4 steps both round to 2
     callback = SaveAtStepsCallback(fractions=[0.4, 0.6, 0.8, 0.01])
     callback.on_fit_start(trainer, None)
@@ -112,9 +101,6 @@ def test_fractions_resolve_to_steps_of_max_steps_and_are_saved(tmp_path):
 
 
 def test_bad_fractions_are_refused_with_the_fix():
-    class Unbounded:
-        max_steps = -1
-
     for fractions in ([], [0.0], [1.5]):
         with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
             SaveAtStepsCallback(fractions=fractions)
@@ -123,4 +109,4 @@ def test_bad_fractions_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="either steps .* or fractions"):
         SaveAtStepsCallback([1], fractions=[0.5])
     with pytest.raises(ValueError, match="fractions need a finite trainer.max_steps"):
-        SaveAtStepsCallback(fractions=[0.5]).on_fit_start(Unbounded(), None)
+        SaveAtStepsCallback(fractions=[0.5]).on_fit_start(FakeTrainer(".", max_steps=-1), None)
