@@ -12,6 +12,7 @@ import yaml
 from callbacks.curvature import KFACCallback
 from callbacks.score_writer import ScoreWriter
 from lit_attr.attribution.influence import InfluenceModule
+from lit_attr.constants import TRAK_SCORES_FILE
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.data.index_files import read_index_file, write_index_file
 from lit_attr.ddpm_module import DDPMModule
@@ -26,6 +27,7 @@ from lit_attr.evaluation.selection import cross_fitted
 from lit_attr.evaluation.true_measurements import STREAM, measure_queries
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.methods.influence import KFACInfluence
+from lit_attr.methods.trak import DTRAK
 from lit_attr.storage import load_scores
 from tests.helpers import ROOT, run_script, run_scripts_together, tiny_open_clip
 
@@ -117,8 +119,8 @@ def test_bad_measurement_settings_are_refused_by_the_config():
                         removal=RemovalConfig(queries=[0], methods=["kfac"], measurement="elbo"))
     with pytest.raises(ConfigError, match="reference_method='trak' is not one of the methods"):
         BenchmarkConfig(reference_method="trak")
-    with pytest.raises(ConfigError, match="ensemble_seeds is supported for kind kfac only"):
-        MethodConfig(name="trak", kind="trak", ensemble_seeds=[1])
+    with pytest.raises(ConfigError, match="ensemble_seeds is supported for kinds kfac, trak and dtrak only"):
+        MethodConfig(name="pixel", kind="pixel", ensemble_seeds=[1])
 
 
 def test_saved_root_config_reloads_to_the_same_benchmark_with_its_nulls(tmp_path):
@@ -262,13 +264,15 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
         {"name": "ekfac", **variant, "curvature": {"num_draws": 1, "eigenvalue_correction": True}},
         {"name": "kfac_ensemble", **variant, "ensemble_seeds": [7]},
         {"name": "kfac_late", **variant, "ensemble_steps": [2]},  # + the checkpoint after step 2 of the 4
+        {**extended["methods"][2], "name": "dtrak_late", "ensemble_steps": [2]},  # D-TRAK, the same two models
         {"name": "from_attribute_py", "attribute_config": "configs/tiny/attribute.yaml"}]  # one group of S = 4
     (tmp_path / "extended.yaml").write_text(yaml.safe_dump(extended))
     more = run_script("evaluate.py", "run", "--config", str(tmp_path / "extended.yaml"), f"--root={bench}")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "[lds] 7/7 models already done" in more.stdout and "kfac: already scored" in more.stdout
     compared = {c["method"] for c in json.loads((bench / "results.json").read_text())["comparison"]}
-    assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble", "kfac_late", "from_attribute_py"} <= compared
+    assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble", "kfac_late", "dtrak_late",
+            "from_attribute_py"} <= compared
     one_group = [r for r in json.loads((bench / "results.json").read_text())["lds"]
                  if r["method"] == "from_attribute_py"]
     assert len(one_group) == 3 and all(r["num_draws"] == 4 and np.isnan(r["split_half"]["mean"]) for r in one_group)
@@ -278,7 +282,7 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     member = load_variant_scores(ensemble_dir / "ensemble" / "seed_7")
     alone = load_variant_scores(ensemble_dir)
     assert not np.allclose(member, alone)  # another model
-    (ensemble_set,) = KFACInfluence(MethodConfig(**extended["methods"][-3])).score_sets(ensemble_dir)
+    (ensemble_set,) = KFACInfluence(MethodConfig(**extended["methods"][-4])).score_sets(ensemble_dir)
     np.testing.assert_allclose(ensemble_set.scores, (member + alone)[:, :2].mean(1) / 2, rtol=1e-6)
     # the checkpoint ensemble: one rerun of the full model (same seed: the same weights) saved step 2's checkpoint
     assert "[checkpoints kfac_late] 0/1 models already done; training 1." in more.stdout
@@ -286,9 +290,14 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     late_dir = bench / "methods" / "kfac_late"
     step_member = load_variant_scores(late_dir / "ensemble" / "step_2")
     assert not np.allclose(step_member, load_variant_scores(late_dir))
-    (late_set,) = KFACInfluence(MethodConfig(**extended["methods"][-2])).score_sets(late_dir)
+    (late_set,) = KFACInfluence(MethodConfig(**extended["methods"][-3])).score_sets(late_dir)
     np.testing.assert_allclose(late_set.scores, (step_member + load_variant_scores(late_dir))[:, :2].mean(1) / 2,
                                rtol=1e-6)
+    dtrak_dir = bench / "methods" / "dtrak_late"  # each member its own closed form, then their mean (TRAK's ensemble)
+    alone, step = (np.load(d / TRAK_SCORES_FILE)["S2"] for d in (dtrak_dir, dtrak_dir / "ensemble" / "step_2"))
+    assert not np.allclose(alone, step)
+    (dtrak_set,) = DTRAK(MethodConfig(**extended["methods"][-2])).score_sets(dtrak_dir)
+    np.testing.assert_allclose(dtrak_set.scores, (alone + step) / 2, rtol=1e-6)
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps

@@ -35,8 +35,8 @@ def test_bad_steps_are_refused_with_the_fix(tmp_path):
             SaveAtStepsCallback(steps)
     with pytest.raises(ValueError, match="step 9 is beyond trainer.max_steps=4"):
         training.train_model(TINY_RECIPE, tmp_path / "late", max_steps=4, seed=0, save_steps=[9])
-    with pytest.raises(ConfigError, match="ensemble_steps is supported for kind kfac only"):
-        MethodConfig(name="trak", kind="trak", ensemble_steps=[1])
+    with pytest.raises(ConfigError, match="ensemble_steps is supported for kinds kfac, trak and dtrak only"):
+        MethodConfig(name="pixel", kind="pixel", ensemble_steps=[1])
     with pytest.raises(ConfigError, match="must be distinct positive optimiser steps"):
         MethodConfig(ensemble_steps=[5, 5])
     with pytest.raises(ConfigError, match="ensemble_steps must be below retraining.full_steps=600.*got 600"):

@@ -153,14 +153,14 @@ class MethodConfig:
     projection_seed: int = 0
     """TRAK / D-TRAK: seed of the projection matrix."""
     ensemble_seeds: list[int] = field(default_factory=list)
-    """kfac only: seeds of extra models trained on all data (the recipe, ``retraining.full_steps``) whose scores are
-    averaged with the full model's, a TRAK-style ensemble over training runs; each member costs one training run, one
-    curvature fit and one scoring pass (README "Results" measures the gain)."""
+    """kfac, trak, dtrak: seeds of extra models trained on all data (the recipe, ``retraining.full_steps``) whose
+    scores are averaged with the full model's, a TRAK-style ensemble over training runs; each member costs one
+    training run, one curvature fit (kfac) and one scoring pass (README "Results" measures the gain)."""
     ensemble_steps: list[int] = field(default_factory=list)
-    """kfac only: optimiser steps (each below ``retraining.full_steps``) of a rerun of the full model's training (same
-    recipe, data and seed) whose checkpoints join the full model in the average, an ensemble over the final phase of
-    one run (TRAK's checkpoints); one training run for all members, then one curvature fit and one scoring pass per
-    member."""
+    """kfac, trak, dtrak: optimiser steps (each below ``retraining.full_steps``) of a rerun of the full model's
+    training (same recipe, data and seed) whose checkpoints join the full model in the average, an ensemble over the
+    final phase of one run (TRAK's checkpoints); one training run for all members, then one curvature fit (kfac) and
+    one scoring pass per member."""
     clip_model: str = "ViT-B-32"
     """CLIP: open_clip model name."""
     clip_weights: str | None = None
@@ -197,8 +197,9 @@ class MethodConfig:
             raise ConfigError(f"Method {self.name!r}: relative_influence divides by the norm of one S-draw gradient: "
                               "use kind kfac with num_groups: 1 and report_draws: [draws_per_group].")
         for key in ("ensemble_seeds", "ensemble_steps"):
-            if getattr(self, key) and self.kind != "kfac":
-                raise ConfigError(f"Method {self.name!r}: {key} is supported for kind kfac only; drop it.")
+            if getattr(self, key) and self.kind not in ("kfac", "trak", "dtrak"):
+                raise ConfigError(f"Method {self.name!r}: {key} is supported for kinds kfac, trak and dtrak only "
+                                  "(similarities do not depend on the model); drop it.")
         if len(set(self.ensemble_steps)) < len(self.ensemble_steps) or any(s < 1 for s in self.ensemble_steps):
             raise ConfigError(f"Method {self.name!r}: ensemble_steps {self.ensemble_steps} must be distinct positive "
                               "optimiser steps below retraining.full_steps.")

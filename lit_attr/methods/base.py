@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 import yaml
 from torch import Tensor
 
+from lit_attr.attribution.queries import QueryConfig
+from lit_attr.constants import ENSEMBLE_DIR, QUERY_IMAGES_FILE
 from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.errors import StoreMismatchError
 from lit_attr.evaluation.config import MethodConfig, QueriesConfig, recipe_dataset_arguments
+from lit_attr.storage import write_atomic
 
 
 @dataclass
@@ -101,6 +105,22 @@ class AttributionMethod(ABC):
             raise StoreMismatchError(f"{output_dir} holds scores of method {self.config.name!r} made with other "
                                      f"settings {differing} (stored, wanted); rename the method or delete that "
                                      "folder.")
+
+    @staticmethod
+    def member_dir(output_dir: Path, member: str) -> Path:
+        """Scores of the ensemble member ``member`` (``MethodConfig.ensemble_members``: ``seed_{s}``, ``step_{n}``)."""
+        return output_dir / ENSEMBLE_DIR / member
+
+    @staticmethod
+    def member_queries(inputs: ScoringInputs) -> QueryConfig:
+        """The benchmark's query images, saved once under ``output_dir/ensemble/``, for every ensemble member (the
+        members score the full model's queries, not samples of their own)."""
+        query_file = inputs.output_dir / ENSEMBLE_DIR / QUERY_IMAGES_FILE
+        if not query_file.exists():
+            query_file.parent.mkdir(parents=True, exist_ok=True)
+            images = inputs.query_images()
+            write_atomic(query_file, lambda tmp: torch.save(images, tmp))
+        return QueryConfig(file=str(query_file))
 
     def log(self, message: str) -> None:
         """A progress line of this method (``[methods] <name>: ...``)."""

@@ -9,16 +9,15 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 
 from lit_attr.attribution.measurement_config import MeasurementConfig
 from lit_attr.attribution.queries import QueryConfig
 from lit_attr.attribution.score_writer import ScoreWriter
-from lit_attr.constants import CURVATURE_DIR, ENSEMBLE_DIR, FINALIZED_KEY, METADATA_FILE, QUERY_IMAGES_FILE
+from lit_attr.constants import CURVATURE_DIR, FINALIZED_KEY, METADATA_FILE
 from lit_attr.curvature.callback import KFACCallback
 from lit_attr.evaluation.variants import VariantInfluenceModule, load_variant_scores
 from lit_attr.methods.base import AttributionMethod, ScoreSet, ScoringInputs, attribution_data
-from lit_attr.storage import read_json, write_atomic
+from lit_attr.storage import read_json
 
 CURVATURE_KEYS = ("num_draws", "fisher_type", "kfac_approx", "eigenvalue_correction", "draw_scheme", "mc_samples",
                   "seed")
@@ -66,22 +65,10 @@ class KFACInfluence(AttributionMethod):
         q = inputs.queries
         self._score_model(inputs.checkpoint, inputs.output_dir, inputs.curvature_dir,
                           QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), inputs.data)
-        if not inputs.ensemble:
-            return
-        query_file = inputs.output_dir / ENSEMBLE_DIR / QUERY_IMAGES_FILE
-        if not query_file.exists():
-            query_file.parent.mkdir(parents=True, exist_ok=True)
-            images = inputs.query_images()
-            write_atomic(query_file, lambda tmp: torch.save(images, tmp))
         for name, checkpoint in inputs.ensemble.items():
             self.log(f"ensemble member {name}:")
             self._score_model(checkpoint, self.member_dir(inputs.output_dir, name), checkpoint.parent / CURVATURE_DIR,
-                              QueryConfig(file=str(query_file)), inputs.data)
-
-    @staticmethod
-    def member_dir(output_dir: Path, member: str) -> Path:
-        """Scores of the ensemble member ``member`` (``MethodConfig.ensemble_members``: ``seed_{s}``, ``step_{n}``)."""
-        return output_dir / ENSEMBLE_DIR / member
+                              self.member_queries(inputs), inputs.data)
 
     def _score_model(self, checkpoint: Path, out: Path, curvature_dir: Path, queries: QueryConfig,
                      data: dict[str, Any]) -> None:

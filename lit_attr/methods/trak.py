@@ -1,5 +1,6 @@
 """``TRAK`` and ``DTRAK``: randomly projected per-example gradients in one pass (``ProjectedGradientModule``),
-then the closed form ``phi (phi^T phi + lambda I)^-1 phi_q`` per reported number of draws and damping."""
+then the closed form ``phi (phi^T phi + lambda I)^-1 phi_q`` per reported number of draws and damping; with
+``ensemble_seeds`` / ``ensemble_steps`` the same for every member, the closed forms averaged."""
 
 from __future__ import annotations
 
@@ -41,7 +42,18 @@ class TRAK(AttributionMethod):
                 "projection": {"dim": m.projection_dim, "kind": m.projection_kind, "seed": m.projection_seed}}
 
     def score(self, inputs: ScoringInputs) -> None:
-        m, out = self.config, inputs.output_dir
+        """Project with the full model into ``output_dir``, then with each ensemble member into
+        ``output_dir/ensemble/<member>`` (the benchmark's queries); each gets its own closed form."""
+        q = inputs.queries
+        self._score_model(inputs.checkpoint, inputs.output_dir,
+                          QueryConfig(q.num_generated, q.seed, q.num_sampling_steps), inputs.data)
+        for name, checkpoint in inputs.ensemble.items():
+            self.log(f"ensemble member {name}:")
+            self._score_model(checkpoint, self.member_dir(inputs.output_dir, name), self.member_queries(inputs),
+                              inputs.data)
+
+    def _score_model(self, checkpoint: Path, out: Path, queries: QueryConfig, data: dict[str, Any]) -> None:
+        m = self.config
         if (out / METADATA_FILE).exists():
             metadata = read_json(out / METADATA_FILE)
             stored = {**metadata, "measurement.num_draws": (metadata.get("measurement") or {}).get("num_draws")}
@@ -51,10 +63,8 @@ class TRAK(AttributionMethod):
                 return
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[ScoreWriter()])
-        q = inputs.queries
         module = ProjectedGradientModule(
-            checkpoint=str(inputs.checkpoint), output_dir=str(out),
-            queries=QueryConfig(q.num_generated, q.seed, q.num_sampling_steps),
+            checkpoint=str(checkpoint), output_dir=str(out), queries=queries,
             measurement=MeasurementConfig(measurement=m.measurements[0], num_draws=m.query_num_draws),
             num_draws=m.draws_per_group, seed=m.seed, draw_scheme=m.draw_scheme,
             training_function=self.training_function, measurements=list(m.measurements),
@@ -62,7 +72,7 @@ class TRAK(AttributionMethod):
             num_groups=m.num_groups)
         self.log(f"projecting {m.num_groups} x {m.draws_per_group} draws to d = {m.projection_dim} ...")
         start = time.perf_counter()
-        trainer.predict(module, datamodule=attribution_data(inputs.data, m.batch_size), return_predictions=False)
+        trainer.predict(module, datamodule=attribution_data(data, m.batch_size), return_predictions=False)
         finish_projected_scores(out, m.report_draws, m.draws_per_group, list(m.dampings))
         self.log(f"done in {time.perf_counter() - start:.0f} s.")
 
@@ -76,10 +86,18 @@ class TRAK(AttributionMethod):
         self.log(f"closed form recomputed for report_draws {m.report_draws}, dampings {m.dampings}.")
 
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
+        """Per reported S the closed-form scores (and their split halves); with ``ensemble_seeds`` /
+        ``ensemble_steps`` the mean over the full model and the members of each model's own closed form (TRAK's
+        ensemble, Park et al. 2023, eq. 8)."""
         m = self.config
-        stored = np.load(output_dir / TRAK_SCORES_FILE)
-        return [ScoreSet(d, self.measurement_labels(), list(m.dampings), stored[f"S{d}"],
-                         *((stored[f"S{d}_a"], stored[f"S{d}_b"]) if f"S{d}_a" in stored else (None, None)))
+        members = [output_dir] + [self.member_dir(output_dir, name) for name in m.ensemble_members]
+        stored = [np.load(d / TRAK_SCORES_FILE) for d in members]
+
+        def mean(key: str) -> np.ndarray:
+            return np.mean([s[key] for s in stored], axis=0)
+
+        return [ScoreSet(d, self.measurement_labels(), list(m.dampings), mean(f"S{d}"),
+                         *((mean(f"S{d}_a"), mean(f"S{d}_b")) if f"S{d}_a" in stored[0] else (None, None)))
                 for d in m.report_draws]
 
 
