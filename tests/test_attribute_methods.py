@@ -207,6 +207,30 @@ def test_trak_memory_estimate_counts_the_projection_matrix_and_no_curvature(tiny
     assert f"projection matrix {human(projector.resident_bytes)}" in line and "curvature 0 B" in line
 
 
+def test_free_memory_is_read_after_collecting_the_garbage_of_earlier_passes():
+    """A finished pass's Trainer and module form reference cycles; their tensors must not count as used memory
+    when the next pass of the same process (a benchmark's next method or ensemble member) checks what is free."""
+    import gc
+    import weakref
+
+    from lit_attr.attribution.memory import available_memory
+
+    class Pass:  # stands for a Trainer <-> module cycle holding a projection matrix
+        pass
+
+    gc.disable()  # no automatic collection between the del and the check
+    try:
+        finished = Pass()
+        finished.cycle, finished.matrix = finished, torch.zeros(1024, 1024)
+        alive = weakref.ref(finished)
+        del finished
+        assert alive() is not None  # only the cycle collector frees it
+        available_memory(torch.device("cpu"))
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
 def test_float_copy_of_the_query_store_is_counted_and_changes_no_score(tiny_run, capsys):
     """Default: the int8 store's float32 copy is kept (and shown in the estimate); 0 MiB: none; same scores."""
     copied = attribute(tiny_run, "float_copy", "kfac")

@@ -26,6 +26,7 @@ only when the estimate exceeds the device's free memory, with a ``--data.batch_s
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -150,7 +151,14 @@ def check_memory(shape: RunShape, device: torch.device) -> str:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device`` (CUDA: ``mem_get_info``; CPU: MemAvailable), capped by ``LIT_ATTR_MEMORY_LIMIT``."""
+    """Free bytes on ``device`` (CUDA: ``mem_get_info``; CPU: MemAvailable), capped by ``LIT_ATTR_MEMORY_LIMIT``.
+
+    Garbage from earlier passes of the same process (a finished Trainer and its module form reference cycles that
+    hold their tensors until the cycle collector runs) is collected first, so a benchmark that scores many methods
+    or ensemble members in one process is not refused for memory it no longer uses."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     free: int | None = None
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
