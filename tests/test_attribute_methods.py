@@ -231,6 +231,25 @@ def test_free_memory_is_read_after_collecting_the_garbage_of_earlier_passes():
         gc.enable()
 
 
+def test_free_memory_is_read_after_the_heap_is_trimmed(monkeypatch):
+    """glibc keeps freed heap pages counted as used; ``malloc_trim`` must run before MemAvailable is read."""
+    from lit_attr.attribution import memory
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(memory, "_libc", lambda: FakeLibc())
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: calls.append(("read", None)) or 10 ** 9)
+    assert memory.available_memory(torch.device("cpu")) == 10 ** 9
+    assert calls == [("trim", 0), ("read", None)]
+    monkeypatch.setattr(memory, "_libc", lambda: None)  # no glibc: nothing to trim, still a reading
+    assert not memory.release_free_heap() and memory.available_memory(torch.device("cpu")) == 10 ** 9
+
+
 def test_float_copy_of_the_query_store_is_counted_and_changes_no_score(tiny_run, capsys):
     """Default: the int8 store's float32 copy is kept (and shown in the estimate); 0 MiB: none; same scores."""
     copied = attribute(tiny_run, "float_copy", "kfac")
