@@ -88,7 +88,7 @@ class TRAK(AttributionMethod):
     def score_sets(self, output_dir: Path) -> list[ScoreSet]:
         """Per reported S the closed-form scores (and their split halves); with ``ensemble_seeds`` /
         ``ensemble_steps`` the mean over the full model and the members of each model's own closed form (TRAK's
-        ensemble, Park et al. 2023, eq. 8)."""
+        ensemble, Park et al. 2023)."""
         m = self.config
         members = [output_dir] + [self.member_dir(output_dir, name) for name in m.ensemble_members]
         stored = [np.load(d / TRAK_SCORES_FILE) for d in members]
