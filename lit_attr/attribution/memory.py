@@ -156,16 +156,14 @@ def check_memory(shape: RunShape, device: torch.device) -> str:
 def available_memory(device: torch.device) -> int | None:
     """Free bytes on ``device`` (CUDA: ``mem_get_info``; CPU: MemAvailable), capped by ``LIT_ATTR_MEMORY_LIMIT``.
 
-    Garbage from earlier passes of the same process (a finished Trainer and its module form reference cycles that
-    hold their tensors until the cycle collector runs) is collected first, and the heap that glibc keeps after large
-    frees is handed back (``malloc_trim``), so a benchmark that scores many methods or ensemble members in one process
-    is not refused for memory it no longer uses."""
+    What earlier passes of the same process freed is given back first (cyclic garbage collected, glibc's free heap
+    trimmed, CUDA's cached blocks released), so a benchmark that scores many methods or ensemble members in one
+    process is not refused for memory it no longer uses."""
     gc.collect()
     release_free_heap()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     free: int | None = None
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         free = torch.cuda.mem_get_info(device)[0]
     elif device.type == "cpu":
         free = _meminfo_available()
@@ -183,7 +181,10 @@ def release_free_heap() -> bool:
     matrix's chunks) come from the heap and stay counted as used after they are freed: 2.7 GB of them left
     MemAvailable 2.2 GB lower until trimmed."""
     trim = getattr(_libc(), "malloc_trim", None)
-    return bool(trim is not None and trim(0) is not None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 @functools.cache
