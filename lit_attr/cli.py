@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
@@ -159,6 +159,9 @@ class AttributeCLI(RaisesOwnErrors, LightningCLI):
         parser.add_argument("--method", type=str, default=self.method.name,
                             help=f"Attribution method: {', '.join(attribute_methods())} (read before the other "
                                  "arguments; --help shows the chosen method's --model settings).")
+        parser.add_argument("--checkpoints", type=Optional[list[str]], default=None,
+                            help="Two or more models (final weights first) to score with the method, each in "
+                                 "<output_dir>/members/, and average (read before the other arguments).")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         from lit_attr.attribution.score_writer import ScoreWriter

@@ -160,15 +160,21 @@ def test_per_timestep_loss_has_evaluate_py_spelling_and_the_old_one_still_resume
         TrueMeasurementConfig(measurements=["loss_at_timestep"])
 
 
-def test_ensemble_averages_finished_runs_of_several_models_and_refuses_mismatched_members(tiny_run):
-    root, _ = tiny_run
+def perturbed_checkpoint(root, path):
+    """A second "model" at ``path``: the tiny run's weights, perturbed."""
     checkpoint = torch.load(root / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     generator = torch.Generator().manual_seed(1)
-    for key, value in checkpoint["state_dict"].items():  # a second "model": the same weights, perturbed
+    for value in checkpoint["state_dict"].values():
         if torch.is_floating_point(value) and value.dim() > 1:
             value.add_(0.05 * value.std() * torch.randn(value.shape, generator=generator))
-    second = root / "second.ckpt"
-    torch.save(checkpoint, second)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_ensemble_averages_finished_runs_of_several_models_and_refuses_mismatched_members(tiny_run):
+    root, _ = tiny_run
+    second = perturbed_checkpoint(root, root / "second.ckpt")
     first = attribute(tiny_run, "member_a", "kfac")
     other = attribute(tiny_run, "member_b", "kfac", f"--model.checkpoint={second}",
                       f"--model.queries.file={first / 'queries.pt'}")
@@ -189,6 +195,34 @@ def test_ensemble_averages_finished_runs_of_several_models_and_refuses_mismatche
         attribute(tiny_run, "refused_one", "ensemble", f"--model.members=[{first}]")
     with pytest.raises(ConfigError, match="holds no attribute.py run"):
         attribute(tiny_run, "refused_missing", "ensemble", f"--model.members=[{first}, {root / 'nothing'}]")
+
+
+def test_checkpoints_flag_scores_each_model_on_the_same_queries_and_writes_their_mean(tiny_run):
+    root, _ = tiny_run
+    final = root / "run" / "checkpoints" / "last.ckpt"
+    step = perturbed_checkpoint(root, root / "run" / "step_10" / "model.ckpt")
+    flag = f"--checkpoints=[{final}, {step}]"
+    out = attribute(tiny_run, "checkpoints", "kfac", flag)
+    first, second = out / "members" / "0_last", out / "members" / "1_step_10"
+    alone = attribute(tiny_run, "final_alone", "kfac")  # the first member is an ordinary run of the final weights
+    np.testing.assert_array_equal(load_scores(first), load_scores(alone))
+    a, b = load_scores(first), load_scores(second)
+    assert not np.allclose(a, b)
+    assert torch.equal(torch.load(first / "queries.pt")["images"], torch.load(second / "queries.pt")["images"])
+    np.testing.assert_allclose(load_scores(out), (a.astype(np.float64) + b) / 2, rtol=1e-5, atol=1e-7)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["method"] == "ensemble" and meta["finalized"] is True
+    assert [m["checkpoint"] for m in meta["members"]] == [str(final), str(step)]
+    assert (out / "influence.png").stat().st_size > 0
+    attribute(tiny_run, "checkpoints", "kfac", flag)  # rerun: every run resumes finished, nothing changes
+    np.testing.assert_allclose(load_scores(out), (a.astype(np.float64) + b) / 2, rtol=1e-5, atol=1e-7)
+    assert json.loads((second / "metadata.json").read_text())["finalized"] is True
+    with pytest.raises(ConfigError, match="not both"):
+        attribute(tiny_run, "refused_both", "kfac", flag, f"--model.checkpoint={final}")
+    with pytest.raises(ConfigError, match="drop --method ensemble"):
+        attribute(tiny_run, "refused_ensemble", "ensemble", flag)
+    with pytest.raises(ConfigError, match="averages two or more models"):
+        attribute(tiny_run, "refused_one", "kfac", f"--checkpoints=[{final}]")
 
 
 def test_trak_memory_estimate_counts_the_projection_matrix_and_no_curvature(tiny_run, capsys):
