@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 
 from lit_attr.attribution.method_choice import ENSEMBLE, AttributeMethod, _config_files, _flag_values, _read_yaml
 from lit_attr.errors import ConfigError
@@ -80,6 +81,12 @@ def _output_dir(args: list[str]) -> Path:
     return Path(values[-1]).expanduser()
 
 
+@rank_zero_only
+def _progress(message: str) -> None:
+    """One progress line on stderr, from the first process only (with ``strategy=ddp`` every rank runs the loop)."""
+    print(f"[{CHECKPOINTS_FLAG}] {message}", file=sys.stderr)
+
+
 def _without_flags(args: list[str], drop: Callable[[str], bool]) -> list[str]:
     """``args`` without every ``--flag value`` / ``--flag=value`` whose flag name ``drop`` accepts."""
     out, skip = [], False
@@ -118,14 +125,14 @@ def run_checkpoint_ensemble(args: list[str], checkpoints: list[str], method: Att
     folders = member_folders(output_dir, checkpoints)
     member_args = _without_flags(args, lambda name: name in (CHECKPOINTS_FLAG, "--model.output_dir"))
     for k, (checkpoint, folder) in enumerate(zip(checkpoints, folders)):
-        print(f"[{CHECKPOINTS_FLAG}] member {k + 1}/{len(checkpoints)}: {checkpoint} -> {folder}", file=sys.stderr)
+        _progress(f"member {k + 1}/{len(checkpoints)}: {checkpoint} -> {folder}")
         queries = [] if k == 0 else [f"--model.queries.file={folders[0] / 'queries.pt'}",
                                      "--model.queries.folder=null", "--model.queries.train_indices=null"]
         run_one([*member_args, f"--model.checkpoint={checkpoint}", f"--model.output_dir={folder}", *queries])
     keep_model = tuple(f"--model.{key}" for key in ENSEMBLE_MODEL_KEYS)
     ensemble_args = _without_flags(args, lambda name: name in (CHECKPOINTS_FLAG, "--method")
                                    or (name.startswith("--model.") and name not in keep_model))
-    print(f"[{CHECKPOINTS_FLAG}] the mean of {len(checkpoints)} members -> {output_dir}", file=sys.stderr)
+    _progress(f"the mean of {len(checkpoints)} members -> {output_dir}")
     run_one([*ensemble_args, "--method", ENSEMBLE, f"--model.members=[{', '.join(map(str, folders))}]",
              f"--model.checkpoint={checkpoints[0]}", f"--model.output_dir={output_dir}"])
     return output_dir
