@@ -13,7 +13,7 @@ from attribute import main as attribute_main
 from lit_attr.baselines.trak import trak_scores
 from lit_attr.errors import ConfigError, StoreMismatchError
 from lit_attr.storage import load_scores
-from tests.helpers import ROOT, tiny_attribution_run, tiny_config, tiny_open_clip
+from tests.helpers import ROOT, run_script, tiny_attribution_run, tiny_config, tiny_open_clip
 
 NUM_TRAIN = 96
 FAST = {"trak": ["--model.projection_dim=64"], "dtrak": ["--model.projection_dim=64"]}
@@ -223,6 +223,24 @@ def test_checkpoints_flag_scores_each_model_on_the_same_queries_and_writes_their
         attribute(tiny_run, "refused_ensemble", "ensemble", flag)
     with pytest.raises(ConfigError, match="averages two or more models"):
         attribute(tiny_run, "refused_one", "kfac", f"--checkpoints=[{final}]")
+
+
+def test_checkpoints_under_ddp_give_the_one_process_mean(tiny_run):
+    """With ``strategy=ddp`` Lightning reruns the script in a second process, which runs the same loop of members:
+    every member and the mean are scored by both processes, and the scores match one process's."""
+    root, config = tiny_run
+    step = perturbed_checkpoint(root, root / "ddp_models" / "step_10" / "model.ckpt")
+    flag = f"--checkpoints=[{root / 'run' / 'checkpoints' / 'last.ckpt'}, {step}]"
+    one = attribute(tiny_run, "checkpoints_one_process", "kfac", flag)
+    out = root / "checkpoints_ddp"
+    proc = run_script("attribute.py", "--config", str(config), flag, f"--model.output_dir={out}",
+                      f"--trainer.default_root_dir={out}", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("[--checkpoints] member") == 2  # progress from the first process only
+    for member in ("0_last", "1_step_10"):
+        assert json.loads((out / "members" / member / "metadata.json").read_text())["num_devices"] == 2
+    expected = load_scores(one)
+    np.testing.assert_allclose(load_scores(out), expected, atol=1e-2 * np.abs(expected).max())
 
 
 def test_trak_memory_estimate_counts_the_projection_matrix_and_no_curvature(tiny_run, capsys):
