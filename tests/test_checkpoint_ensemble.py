@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lit_attr.attribution.checkpoint_ensemble import member_folders, requested_checkpoints, run_checkpoint_ensemble
-from lit_attr.attribution.method_choice import attribute_methods
+from lit_attr.attribution.method_choice import attribute_methods, flag_values
 from lit_attr.errors import ConfigError
 
 
@@ -70,3 +70,10 @@ def test_refusals_name_the_fix(tmp_path, two_models):
         run_checkpoint_ensemble(["--model.output_dir", "o"], [final, step], attribute_methods()["clip"],
                                 lambda args: None)
     assert not Path("o").exists()
+
+
+def test_flag_values_keep_the_order_of_both_spellings():
+    assert flag_values(["--method", "trak", "--method=dtrak", "--method", "ekfac"], "--method") == [
+        "trak", "dtrak", "ekfac"]
+    assert flag_values(["--method=trak", "--method", "kfac"], "--method") == ["trak", "kfac"]
+    assert flag_values(["--method"], "--method") == []

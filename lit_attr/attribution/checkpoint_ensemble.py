@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from lit_attr.attribution.method_choice import ENSEMBLE, AttributeMethod, _config_files, _flag_values, _read_yaml
+from lit_attr.attribution.method_choice import ENSEMBLE, AttributeMethod, config_values, flag_values
 from lit_attr.errors import ConfigError
 
 CHECKPOINTS_FLAG = "--checkpoints"
@@ -38,12 +38,9 @@ def requested_checkpoints(args: list[str]) -> list[str] | None:
     Raises:
         ConfigError: not a list of two or more paths, or a file that does not exist.
     """
-    values = _flag_values(args, CHECKPOINTS_FLAG)
-    if values:
-        raw = yaml.safe_load(values[-1])
-    else:
-        found = [data["checkpoints"] for data in map(_read_yaml, _config_files(args)) if data.get("checkpoints")]
-        raw = found[-1] if found else None
+    values = [yaml.safe_load(value) for value in flag_values(args, CHECKPOINTS_FLAG)]
+    values = values or config_values(args, "checkpoints")
+    raw = values[-1] if values else None
     if raw is None:
         return None
     if not isinstance(raw, list) or not all(isinstance(path, str) for path in raw):
@@ -71,10 +68,7 @@ def member_folders(output_dir: Path, checkpoints: list[str]) -> list[Path]:
 
 
 def _output_dir(args: list[str]) -> Path:
-    values = _flag_values(args, "--model.output_dir")
-    if not values:
-        values = [str((data.get("model") or {})["output_dir"]) for data in map(_read_yaml, _config_files(args))
-                  if "output_dir" in (data.get("model") or {})]
+    values = flag_values(args, "--model.output_dir") or [str(v) for v in config_values(args, "model", "output_dir")]
     if not values:
         raise ConfigError(f"{CHECKPOINTS_FLAG} needs --model.output_dir (the ensemble's folder; its members go to "
                           f"<output_dir>/{MEMBERS_FOLDER}/).")
@@ -119,7 +113,7 @@ def run_checkpoint_ensemble(args: list[str], checkpoints: list[str], method: Att
     if method.name in MODEL_FREE_METHODS:
         raise ConfigError(f"--method {method.name} does not use the diffusion model, so {CHECKPOINTS_FLAG} would "
                           "average identical scores: drop --checkpoints.")
-    if _flag_values(args, "--model.checkpoint"):
+    if flag_values(args, "--model.checkpoint"):
         raise ConfigError(f"Give the models either in {CHECKPOINTS_FLAG} or in --model.checkpoint, not both.")
     output_dir = _output_dir(args)
     folders = member_folders(output_dir, checkpoints)

@@ -16,6 +16,7 @@ import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,15 +65,27 @@ def attribute_methods() -> dict[str, AttributeMethod]:
     return methods
 
 
-def _flag_values(args: list[str], flag: str) -> list[str]:
-    """The values of ``flag`` in ``args`` (``--flag value`` and ``--flag=value``), in order."""
-    values = [arg.split("=", 1)[1] for arg in args if arg.startswith(flag + "=")]
-    values += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == flag]
+def flag_values(args: list[str], flag: str) -> list[str]:
+    """The values of ``flag`` in ``args`` (``--flag value`` and ``--flag=value``), in the order given."""
+    values = []
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == flag and i + 1 < len(args):
+            values.append(args[i + 1])
     return values
 
 
-def _config_files(args: list[str]) -> list[Path]:
-    return [Path(value) for value in _flag_values(args, "--config") if Path(value).is_file()]
+def config_values(args: list[str], *keys: str) -> list[Any]:
+    """The setting at ``keys`` (e.g. ``"model", "output_dir"``) of each ``--config`` file that has it, in order."""
+    values = []
+    for path in (Path(value) for value in flag_values(args, "--config")):
+        data: Any = read_yaml(path) if path.is_file() else {}
+        for key in keys:
+            data = data.get(key) if isinstance(data, dict) else None
+        if data is not None:
+            values.append(data)
+    return values
 
 
 def choose_method(args: list[str] | None) -> AttributeMethod:
@@ -82,9 +95,7 @@ def choose_method(args: list[str] | None) -> AttributeMethod:
         ConfigError: an unknown name (listing the known ones).
     """
     args = sys.argv[1:] if args is None else list(args)
-    names = _flag_values(args, "--method")
-    if not names:
-        names = [str(data["method"]) for data in map(_read_yaml, _config_files(args)) if "method" in data]
+    names = flag_values(args, "--method") or [str(name) for name in config_values(args, "method")]
     name = names[-1] if names else DEFAULT_METHOD
     methods = attribute_methods()
     if name not in methods:
@@ -92,7 +103,7 @@ def choose_method(args: list[str] | None) -> AttributeMethod:
     return methods[name]
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     data = yaml.safe_load(path.read_text())
     return data if isinstance(data, dict) else {}
 
@@ -110,7 +121,7 @@ def without_other_methods_settings(args: list[str] | None, method: AttributeMeth
         if value is None or not Path(value).is_file():
             out.append(arg)
             continue
-        data = _read_yaml(Path(value))
+        data = read_yaml(Path(value))
         model = data.get("model") or {}
         dropped += [f"model.{key}" for key in model if not method.accepts(key)]
         data["model"] = {key: setting for key, setting in model.items() if method.accepts(key)}
