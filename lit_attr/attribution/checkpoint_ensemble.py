@@ -28,8 +28,6 @@ CHECKPOINTS_FLAG = "--checkpoints"
 MEMBERS_FOLDER = "members"
 ENSEMBLE_MODEL_KEYS = ("top_k", "score_dtype", "overwrite")
 """``--model.*`` flags the averaging run takes from the command line; the others belong to the members' method."""
-MODEL_FREE_METHODS = ("pixel", "clip")
-"""Methods whose scores do not depend on the diffusion model: an ensemble over checkpoints would average copies."""
 
 
 def requested_checkpoints(args: list[str]) -> list[str] | None:
@@ -110,7 +108,7 @@ def run_checkpoint_ensemble(args: list[str], checkpoints: list[str], method: Att
     if method.name == ENSEMBLE:
         raise ConfigError(f"{CHECKPOINTS_FLAG} scores each model with a method and averages the runs itself: drop "
                           "--method ensemble (or use --method ensemble --model.members for finished runs).")
-    if method.name in MODEL_FREE_METHODS:
+    if not method.uses_model:  # an ensemble over checkpoints would average copies
         raise ConfigError(f"--method {method.name} does not use the diffusion model, so {CHECKPOINTS_FLAG} would "
                           "average identical scores: drop --checkpoints.")
     if flag_values(args, "--model.checkpoint"):

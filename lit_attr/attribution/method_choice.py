@@ -36,12 +36,15 @@ class AttributeMethod:
         name: the value.
         module_path: import path of its LightningModule.
         uses_curvature: whether it needs a ``KFACCallback``.
+        uses_model: whether its scores depend on the diffusion model (not image similarities, not the ensemble's
+            mean of finished runs).
         eigenvalue_correction: EK-FAC (the callback's ``eigenvalue_correction`` is switched on).
     """
 
     name: str
     module_path: str
     uses_curvature: bool
+    uses_model: bool = True
     eigenvalue_correction: bool = False
 
     @property
@@ -58,10 +61,11 @@ def attribute_methods() -> dict[str, AttributeMethod]:
     """Every ``--method`` value, from the method registry."""
     from lit_attr.methods.registry import METHODS
 
-    methods = {kind: AttributeMethod(kind, cls.attribute_module, cls.uses_curvature) for kind, cls in METHODS.items()}
+    methods = {kind: AttributeMethod(kind, cls.attribute_module, cls.uses_curvature, cls.uses_model)
+               for kind, cls in METHODS.items()}
     kfac = methods[DEFAULT_METHOD]
     methods[EKFAC] = AttributeMethod(EKFAC, kfac.module_path, True, eigenvalue_correction=True)
-    methods[ENSEMBLE] = AttributeMethod(ENSEMBLE, "lit_attr.attribution.ensemble.EnsembleModule", False)
+    methods[ENSEMBLE] = AttributeMethod(ENSEMBLE, "lit_attr.attribution.ensemble.EnsembleModule", False, False)
     return methods
 
 

@@ -82,6 +82,8 @@ class AttributionMethod(ABC):
     """The LightningModule (import path) that ``attribute.py --method <kind>`` scores with."""
     uses_curvature: ClassVar[bool] = False
     """Whether its scoring pass needs a ``KFACCallback``."""
+    uses_model: ClassVar[bool] = True
+    """Whether its scores depend on the diffusion model (False for image similarities)."""
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

@@ -21,6 +21,7 @@ class PixelCosine(AttributionMethod):
     """Cosine similarity of the raw pixels."""
 
     kind = "pixel"
+    uses_model = False
     attribute_module = "lit_attr.attribution.similarity.PixelCosineModule"
 
     def settings(self) -> dict[str, Any]:
