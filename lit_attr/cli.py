@@ -162,6 +162,19 @@ class AttributeCLI(RaisesOwnErrors, LightningCLI):
         parser.add_argument("--checkpoints", type=Optional[list[str]], default=None,
                             help="Two or more models (final weights first) to score with the method, each in "
                                  "<output_dir>/members/, and average (read before the other arguments).")
+        continuation = ("Average over the model and its weights after these many more training steps "
+                        "(lit_attr.attribution.continuation; read before the other arguments)")
+        parser.add_argument("--continuation.steps", type=Optional[list[int]], default=None,
+                            help=f"{continuation}, e.g. '[100, 200, 300]'.")
+        parser.add_argument("--continuation.lr", type=Optional[float], default=None,
+                            help="Constant learning rate of the continuation (default: the checkpoint's peak lr).")
+        parser.add_argument("--continuation.batch_size", type=Optional[int], default=None,
+                            help="Examples per continued step (default: the checkpoint's training batch size, "
+                                 "else 128).")
+        parser.add_argument("--continuation.warmup_steps", type=int, default=10,
+                            help="Linear warm-up steps of the continuation's fresh AdamW.")
+        parser.add_argument("--continuation.seed", type=int, default=0,
+                            help="Seed of the continuation's minibatches, timesteps and noise.")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         from lit_attr.attribution.score_writer import ScoreWriter

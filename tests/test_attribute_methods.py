@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from attribute import main as attribute_main
+from lit_attr.attribution.continuation import continue_training
 from lit_attr.baselines.trak import trak_scores
+from lit_attr.data.datamodules import AttributionDataModule
 from lit_attr.errors import ConfigError, StoreMismatchError
+from lit_attr.pipeline_io import export_pipeline, load_ddpm_module
 from lit_attr.storage import load_scores
 from tests.helpers import ROOT, run_script, tiny_attribution_run, tiny_config, tiny_open_clip
 
@@ -223,6 +226,57 @@ def test_checkpoints_flag_scores_each_model_on_the_same_queries_and_writes_their
         attribute(tiny_run, "refused_ensemble", "ensemble", flag)
     with pytest.raises(ConfigError, match="averages two or more models"):
         attribute(tiny_run, "refused_one", "kfac", f"--checkpoints=[{final}]")
+
+
+def test_continuation_scores_the_model_and_its_continued_weights_and_writes_their_mean(tiny_run, capsys):
+    root, _ = tiny_run
+    final = root / "run" / "checkpoints" / "last.ckpt"
+    flag = "--continuation.steps=[2, 4]"
+    out = attribute(tiny_run, "continuation", "kfac", flag)
+    folder = out / "members" / "continuation"
+    settings = json.loads((folder / "continuation.json").read_text())
+    saved = torch.load(final, weights_only=False)
+    assert settings["lr"] == saved["hyper_parameters"]["optimizer"]["lr"]  # the run's own peak learning rate
+    assert settings["batch_size"] == saved["datamodule_hyper_parameters"]["batch_size"]
+    ddpm = load_ddpm_module(final)
+    data = AttributionDataModule(dataset="digits", subset_file=str(root / "run" / "subset.txt"))
+    data.setup("predict")
+    states = continue_training(ddpm, data.dataset, [2, 4], settings["lr"], settings["batch_size"], 10, 0,
+                               settings["weight_decay"], tuple(settings["betas"]))
+    for n, state in zip((2, 4), states):  # the checkpoint holds the continued weights and nothing else changed
+        written = torch.load(folder / f"step_{n}" / "model.ckpt", weights_only=False)
+        assert written["hyper_parameters"] == saved["hyper_parameters"]
+        for name, value in state.items():
+            assert torch.equal(written["state_dict"][f"unet.{name}"], value), name
+    members = [out / "members" / name for name in ("0_last", "1_step_2", "2_step_4")]
+    scores = [load_scores(m).astype(np.float64) for m in members]
+    np.testing.assert_array_equal(scores[0], load_scores(attribute(tiny_run, "continuation_alone", "kfac")))
+    assert not np.allclose(scores[0], scores[2])
+    np.testing.assert_allclose(load_scores(out), sum(scores) / 3, rtol=1e-5, atol=1e-7)
+    written_at = (folder / "step_2" / "model.ckpt").stat().st_mtime_ns
+    attribute(tiny_run, "continuation", "kfac", flag)  # rerun: the continuation is reused, the runs resume
+    assert (folder / "step_2" / "model.ckpt").stat().st_mtime_ns == written_at
+    with pytest.raises(ConfigError, match=r"other settings \(lr\).*delete that folder"):
+        attribute(tiny_run, "continuation", "kfac", flag, "--continuation.lr=1e-4")
+    with pytest.raises(ConfigError, match="not both"):
+        attribute(tiny_run, "refused_both_kinds", "kfac", flag, f"--checkpoints=[{final}, {final}]")
+    pixel = attribute(tiny_run, "pixel_continuation", "pixel", flag)  # a config written for K-FAC serves pixel too
+    assert "does not use the diffusion model" in capsys.readouterr().err and not (pixel / "members").exists()
+
+
+def test_continuation_of_a_pipeline_folder_needs_a_learning_rate_and_writes_pipeline_folders(tiny_run, capsys):
+    root, _ = tiny_run
+    pipeline = export_pipeline(load_ddpm_module(root / "run" / "checkpoints" / "last.ckpt"), root / "pipeline")
+    model = f"--model.checkpoint={pipeline}"
+    alone = attribute(tiny_run, "pipeline_alone", "kfac", model, "--continuation.steps=[2]")  # no lr: the model alone
+    assert "does not save its training learning rate: attributing the model alone" in capsys.readouterr().err
+    assert not (alone / "members").exists() and json.loads((alone / "metadata.json").read_text())["finalized"]
+    out = attribute(tiny_run, "pipeline_continuation", "kfac", model, "--continuation.steps=[2]",
+                    "--continuation.lr=1e-3", "--continuation.batch_size=16")
+    member = out / "members" / "continuation" / "step_2"
+    assert (member / "unet").is_dir() and (member / "scheduler").is_dir()
+    first, second = (load_scores(out / "members" / name).astype(np.float64) for name in ("0_pipeline", "1_step_2"))
+    np.testing.assert_allclose(load_scores(out), (first + second) / 2, rtol=1e-5, atol=1e-7)
 
 
 def test_checkpoints_under_ddp_give_the_one_process_mean(tiny_run):

@@ -262,6 +262,7 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
         {"name": "kfac_empirical_reduce", **variant,
          "curvature": {"num_draws": 1, "fisher_type": "empirical", "kfac_approx": "reduce"}},
         {"name": "ekfac", **variant, "curvature": {"num_draws": 1, "eigenvalue_correction": True}},
+        {"name": "kfac_continued", **variant, "ensemble_continuation": [2]},  # + 2 more steps from the full model
         {"name": "kfac_ensemble", **variant, "ensemble_seeds": [7]},
         {"name": "kfac_late", **variant, "ensemble_steps": [2]},  # + the checkpoint after step 2 of the 4
         {**extended["methods"][2], "name": "dtrak_late", "ensemble_steps": [2]},  # D-TRAK, the same two models
@@ -272,7 +273,7 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert "[lds] 7/7 models already done" in more.stdout and "kfac: already scored" in more.stdout
     compared = {c["method"] for c in json.loads((bench / "results.json").read_text())["comparison"]}
     assert {"clip", "kfac_empirical_reduce", "ekfac", "kfac_ensemble", "kfac_late", "dtrak_late",
-            "from_attribute_py"} <= compared
+            "from_attribute_py", "kfac_continued"} <= compared
     one_group = [r for r in json.loads((bench / "results.json").read_text())["lds"]
                  if r["method"] == "from_attribute_py"]
     assert len(one_group) == 3 and all(r["num_draws"] == 4 and np.isnan(r["split_half"]["mean"]) for r in one_group)
@@ -293,6 +294,14 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     (late_set,) = KFACInfluence(MethodConfig(**extended["methods"][-3])).score_sets(late_dir)
     np.testing.assert_allclose(late_set.scores, (step_member + load_variant_scores(late_dir))[:, :2].mean(1) / 2,
                                rtol=1e-6)
+    # the continuation ensemble: the full model trained 2 more steps (no checkpoints of the run needed)
+    assert (bench / "ensemble" / "continuation_kfac_continued" / "step_2" / "model.ckpt").exists()
+    continued_dir = bench / "methods" / "kfac_continued"
+    continued = load_variant_scores(continued_dir / "ensemble" / "continued_2")
+    assert not np.allclose(continued, load_variant_scores(continued_dir))
+    (continued_set,) = KFACInfluence(MethodConfig(**extended["methods"][-5])).score_sets(continued_dir)
+    np.testing.assert_allclose(continued_set.scores,
+                               (continued + load_variant_scores(continued_dir))[:, :2].mean(1) / 2, rtol=1e-6)
     dtrak_dir = bench / "methods" / "dtrak_late"  # each member its own closed form, then their mean (TRAK's ensemble)
     alone, step = (np.load(d / TRAK_SCORES_FILE)["S2"] for d in (dtrak_dir, dtrak_dir / "ensemble" / "step_2"))
     assert not np.allclose(alone, step)
@@ -301,12 +310,13 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps
-    probed, seeds, common, newton = run_scripts_together(  # read-only probes of the finished root, side by side
+    probed, seeds, common, newton, continuation = run_scripts_together(  # read-only probes of the root, side by side
         ("benchmarks/probe_functions.py", str(bench), "--num_draws=2", "--query_draws=2", "--dampings", "1e-3"),
         ("benchmarks/probe_seeds.py", str(bench), "--resamples=20"),
         ("benchmarks/probe_common.py", str(bench), "--all-dampings"),
         ("benchmarks/probe_newton.py", str(bench), "--num_draws=2", "--query_draws=2", "--delta_dampings", "1e-2",
-         "--alphas", "0", "1", "--random_control"))
+         "--alphas", "0", "1", "--random_control"),
+        ("benchmarks/probe_continuation.py", str(bench), "--steps", "1", "2", "--num_draws=2", "--query_draws=2"))
     assert probed.returncode == 0, probed.stderr[-3000:]
     rows = [line for line in probed.stdout.splitlines() if line.startswith("| loss |") or line.startswith("| sqnorm |")]
     assert len(rows) == 2 * 2 * 2  # training function x query function x (K-FAC 1e-3, identity)
@@ -325,6 +335,11 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     assert [row[4].strip() for row in newton_rows] == ["0", "1"]  # alpha 0 is the uncorrected query gradient
     assert newton_rows[0][6].strip() == newton.stdout.split("reference: loss query ")[1].split(";")[0]
     assert sum(line.startswith("| random | 0.01 |") for line in newton.stdout.splitlines()) == 2
+    assert continuation.returncode == 0, continuation.stderr[-3000:]
+    continued_rows = [line.split("|") for line in continuation.stdout.splitlines()
+                      if line.startswith(("| final weights |", "| + 2 continuation members |", "| member 1 alone"))]
+    assert len(continued_rows) == 3 and all(-1 <= float(r[2].split("±")[0]) <= 1 for r in continued_rows)
+    assert continued_rows[0][3].strip() == "+0.000 ± 0.000"
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout

@@ -123,9 +123,26 @@ def test_block_translation_follows_attribute_py_defaults_and_method_choice(capsy
                              model={"measurement": {"measurement": "loss_at_timestep", "timestep": 100}})
     assert ekfac.kind == "kfac" and ekfac.curvature.eigenvalue_correction and ekfac.measurements == ["loss_at_t100"]
     assert (ekfac.draws_per_group, ekfac.query_num_draws, ekfac.curvature.num_draws) == (32, 128, 16)
+    assert (ekfac.ensemble_continuation, ekfac.continuation_lr) == ([100, 200, 300], None)  # its continuation:
+    assert MethodConfig(name="q", attribute_config=digits, method="pixel").ensemble_continuation == []  # none for pixel
+    with pytest.raises(ConfigError, match="continuation.seed cannot be benchmarked"):
+        _block_with_continuation({"seed": 3})
     trak = MethodConfig(name="t", model={}, method="trak")  # attribute.py's TRAK defaults, not MethodConfig's
     assert (trak.kind, trak.dampings, trak.draws_per_group, trak.query_num_draws) == ("trak", [1e-9], 16, 64)
     assert MethodConfig(name="p", model={"num_draws": 4}, method="pixel").report_draws == [0]
     assert MethodConfig(name="k", model={"query_compression": "fp16"}).query_compression == "fp16"
     line = capsys.readouterr().out.splitlines()
     assert any("p: leaving out" in l and "model.num_draws" in l for l in line)
+
+
+def _block_with_continuation(extra):
+    """A MethodConfig from an attribute.py config whose ``continuation:`` block has ``extra`` settings."""
+    import tempfile
+
+    config = yaml.safe_load((ROOT / "configs" / "attribute" / "digits.yaml").read_text())
+    config["continuation"] = {**config["continuation"], **extra}
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/attribute.yaml"
+        with open(path, "w") as handle:
+            yaml.safe_dump(config, handle)
+        return MethodConfig(name="s", attribute_config=path)

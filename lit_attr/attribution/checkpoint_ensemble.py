@@ -65,10 +65,11 @@ def member_folders(output_dir: Path, checkpoints: list[str]) -> list[Path]:
     return folders
 
 
-def _output_dir(args: list[str]) -> Path:
+def output_dir_of(args: list[str], flag: str = CHECKPOINTS_FLAG) -> Path:
+    """The run's ``--model.output_dir`` (else the config's), which an ensemble given by ``flag`` needs."""
     values = flag_values(args, "--model.output_dir") or [str(v) for v in config_values(args, "model", "output_dir")]
     if not values:
-        raise ConfigError(f"{CHECKPOINTS_FLAG} needs --model.output_dir (the ensemble's folder; its members go to "
+        raise ConfigError(f"{flag} needs --model.output_dir (the ensemble's folder; its members go to "
                           f"<output_dir>/{MEMBERS_FOLDER}/).")
     return Path(values[-1]).expanduser()
 
@@ -79,7 +80,7 @@ def _progress(message: str) -> None:
     print(f"[{CHECKPOINTS_FLAG}] {message}", file=sys.stderr)
 
 
-def _without_flags(args: list[str], drop: Callable[[str], bool]) -> list[str]:
+def without_flags(args: list[str], drop: Callable[[str], bool]) -> list[str]:
     """``args`` without every ``--flag value`` / ``--flag=value`` whose flag name ``drop`` accepts."""
     out, skip = [], False
     for i, arg in enumerate(args):
@@ -113,16 +114,16 @@ def run_checkpoint_ensemble(args: list[str], checkpoints: list[str], method: Att
                           "average identical scores: drop --checkpoints.")
     if flag_values(args, "--model.checkpoint"):
         raise ConfigError(f"Give the models either in {CHECKPOINTS_FLAG} or in --model.checkpoint, not both.")
-    output_dir = _output_dir(args)
+    output_dir = output_dir_of(args)
     folders = member_folders(output_dir, checkpoints)
-    member_args = _without_flags(args, lambda name: name in (CHECKPOINTS_FLAG, "--model.output_dir"))
+    member_args = without_flags(args, lambda name: name in (CHECKPOINTS_FLAG, "--model.output_dir"))
     for k, (checkpoint, folder) in enumerate(zip(checkpoints, folders)):
         _progress(f"member {k + 1}/{len(checkpoints)}: {checkpoint} -> {folder}")
         queries = [] if k == 0 else [f"--model.queries.file={folders[0] / 'queries.pt'}",
                                      "--model.queries.folder=null", "--model.queries.train_indices=null"]
         run_one([*member_args, f"--model.checkpoint={checkpoint}", f"--model.output_dir={folder}", *queries])
     keep_model = tuple(f"--model.{key}" for key in ENSEMBLE_MODEL_KEYS)
-    ensemble_args = _without_flags(args, lambda name: name in (CHECKPOINTS_FLAG, "--method")
+    ensemble_args = without_flags(args, lambda name: name in (CHECKPOINTS_FLAG, "--method")
                                    or (name.startswith("--model.") and name not in keep_model))
     _progress(f"the mean of {len(checkpoints)} members -> {output_dir}")
     run_one([*ensemble_args, "--method", ENSEMBLE, f"--model.members=[{', '.join(map(str, folders))}]",

@@ -161,6 +161,14 @@ class Benchmark:
                   f"{max_weight_difference(rerun.job.run_dir / MODEL_FILE, self.layout.full_dir / MODEL_FILE):.2e}",
                   flush=True)
             ensemble |= {f"step_{n}": step_checkpoint(rerun.job.run_dir, n) for n in method.ensemble_steps}
+        if method.ensemble_continuation:
+            from lit_attr.attribution.continuation import ContinuationSettings, continuation_checkpoints
+
+            full = self.layout.full_dir / MODEL_FILE
+            settings = ContinuationSettings(steps=tuple(method.ensemble_continuation), lr=method.continuation_lr)
+            paths = continuation_checkpoints(load_ddpm_module(full), self.dataset, str(full), settings,
+                                             self.layout.continuation_dir(method.name))
+            ensemble |= {f"continued_{n}": path for n, path in zip(settings.steps, paths)}
         inputs = ScoringInputs(checkpoint=self.layout.full_dir / MODEL_FILE, output_dir=out,
                                curvature_dir=self.layout.curvature_dir, data=self.data_settings(),
                                queries=self.config.queries, dataset=self.dataset,

@@ -161,6 +161,14 @@ class MethodConfig:
     training (same recipe, data and seed) whose checkpoints join the full model in the average, an ensemble over the
     final phase of one run (TRAK's checkpoints); one training run for all members, then one curvature fit (kfac) and
     one scoring pass per member."""
+    ensemble_continuation: list[int] = field(default_factory=list)
+    """kfac, trak, dtrak: steps of a continuation of the full model's training (from its final weights on all data,
+    a fresh AdamW at ``continuation_lr`` after 10 warm-up steps, the recipe's batch size; attribute.py's
+    ``--continuation.steps``, ``lit_attr.attribution.continuation``) whose weights join the full model in the
+    average; no saved checkpoints needed; one short training run for all members, then one curvature fit (kfac)
+    and one scoring pass per member."""
+    continuation_lr: float | None = None
+    """The continuation's learning rate (None: the full model's peak learning rate, from its checkpoint)."""
     clip_model: str = "ViT-B-32"
     """CLIP: open_clip model name."""
     clip_weights: str | None = None
@@ -184,7 +192,8 @@ class MethodConfig:
     def ensemble_members(self) -> list[str]:
         """Names of the ensemble's members besides the full model: ``seed_{s}`` (other runs), ``step_{n}`` (checkpoints
         of the full model's rerun); their scores live in ``methods/<name>/ensemble/<member>``."""
-        return [f"seed_{s}" for s in self.ensemble_seeds] + [f"step_{n}" for n in self.ensemble_steps]
+        return ([f"seed_{s}" for s in self.ensemble_seeds] + [f"step_{n}" for n in self.ensemble_steps]
+                + [f"continued_{n}" for n in self.ensemble_continuation])
 
     def __post_init__(self) -> None:
         if self.attribute_config is not None or self.model is not None or self.method is not None:
@@ -196,13 +205,17 @@ class MethodConfig:
         if self.relative_influence and (self.kind != "kfac" or self.num_groups != 1):
             raise ConfigError(f"Method {self.name!r}: relative_influence divides by the norm of one S-draw gradient: "
                               "use kind kfac with num_groups: 1 and report_draws: [draws_per_group].")
-        for key in ("ensemble_seeds", "ensemble_steps"):
+        for key in ("ensemble_seeds", "ensemble_steps", "ensemble_continuation"):
             if getattr(self, key) and self.kind not in ("kfac", "trak", "dtrak"):
                 raise ConfigError(f"Method {self.name!r}: {key} is supported for kinds kfac, trak and dtrak only "
                                   "(similarities do not depend on the model); drop it.")
         if len(set(self.ensemble_steps)) < len(self.ensemble_steps) or any(s < 1 for s in self.ensemble_steps):
             raise ConfigError(f"Method {self.name!r}: ensemble_steps {self.ensemble_steps} must be distinct positive "
                               "optimiser steps below retraining.full_steps.")
+        if len(set(self.ensemble_continuation)) < len(self.ensemble_continuation) or any(
+                s < 1 for s in self.ensemble_continuation):
+            raise ConfigError(f"Method {self.name!r}: ensemble_continuation {self.ensemble_continuation} must be "
+                              "distinct positive step counts, e.g. [100, 200, 300].")
         if self.kind in ("pixel", "clip"):
             self.report_draws = [0]
             if self.kind == "clip" and not self.clip_weights:

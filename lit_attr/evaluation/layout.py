@@ -98,6 +98,11 @@ class BenchmarkLayout:
         """``ensemble/trajectory``: a rerun of the full model (same seed) that saves ``step_{n}/model.ckpt``."""
         return self.root / ENSEMBLE_DIR / "trajectory"
 
+    def continuation_dir(self, method_name: str) -> Path:
+        """``ensemble/continuation_<method>``: a method's continuation of the full model's training
+        (``ensemble_continuation``), ``step_{n}.ckpt`` and ``continuation.json``."""
+        return self.root / ENSEMBLE_DIR / f"continuation_{method_name}"
+
     def method_dir(self, name: str) -> Path:
         """``methods/<name>``: the scores of one method."""
         return self.root / METHODS_DIR / name

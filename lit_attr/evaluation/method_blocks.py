@@ -25,7 +25,7 @@ from lit_attr.errors import ConfigError
 ENTRY_KEYS = ("name", "batch_size", "attribute_config", "method", "model")
 """``MethodConfig`` fields an entry with an attribute config may set itself (the rest come from the config;
 ``batch_size`` from its ``data.batch_size`` unless the entry sets another)."""
-FILE_KEYS = ("method", "model", "trainer", "data", "seed_everything")
+FILE_KEYS = ("method", "model", "trainer", "data", "seed_everything", "continuation")
 """Top-level keys of an ``attribute.py`` config."""
 BENCHMARK_PROVIDED = ("checkpoint", "output_dir", "queries", "top_k", "overwrite", "score_dtype", "query_batch_size",
                       "float_query_cache_mib")
@@ -110,6 +110,26 @@ def _measurement(value: Any, owner: str) -> Any:
     return MeasurementConfig(**value)
 
 
+def _continuation(block: Any, owner: str) -> dict[str, Any]:
+    """``ensemble_continuation`` / ``continuation_lr`` of an attribute.py ``continuation:`` block (empty without
+    steps).
+
+    Raises:
+        ConfigError: a setting the benchmark's continuation does not take (it uses the defaults of the others).
+    """
+    from lit_attr.attribution.continuation import ContinuationSettings
+
+    if not block or not block.get("steps"):
+        return {}
+    settings = ContinuationSettings(**{**block, "steps": tuple(block["steps"])})
+    defaults = ContinuationSettings(steps=settings.steps)
+    other = [key for key in ("batch_size", "warmup_steps", "seed") if getattr(settings, key) != getattr(defaults, key)]
+    if other:
+        raise ConfigError(f"{owner}: continuation.{other[0]} cannot be benchmarked (a benchmark's continuation uses "
+                          "the recipe's batch size, 10 warm-up steps and seed 0); remove it.")
+    return {"ensemble_continuation": list(settings.steps), "continuation_lr": settings.lr}
+
+
 def attribute_block_settings(name: str, attribute_config: str | None, method_name: str | None,
                              model: dict[str, Any] | None) -> dict[str, Any]:
     """The ``MethodConfig`` fields (``CurvatureConfig`` as a dict) of an ``attribute.py`` config.
@@ -155,6 +175,10 @@ def attribute_block_settings(name: str, attribute_config: str | None, method_nam
     copied = ("query_compression", "relative_influence", "projection_dim", "projection_kind", "projection_seed",
               "clip_model", "clip_weights")
     out.update({key: settings[key] for key in copied if key in settings})
+    if method.uses_model:
+        out.update(_continuation(data.get("continuation"), owner))
+    elif (data.get("continuation") or {}).get("steps"):
+        dropped.append("continuation (the method does not use the model)")
     if method.uses_curvature:
         cb = _callback_args(data, owner, dropped)
         scheme = cb["draw_scheme"] or DrawScheme(settings["draw_scheme"]).for_curvature().value

@@ -1,0 +1,322 @@
+"""``attribute.py --continuation.steps '[100, 200, 300]'``: average influence over the model and a short continuation
+of its training, for a user who has only the final weights.
+
+    score[j, q] = 1 / (M + 1) * sum_{m=0..M} score(theta_m)[j, q]
+
+where score(theta) is the chosen method's score matrix on weights theta (eq. 6 for K-FAC influence, its own
+curvature refitted at theta), theta_0 the model exactly as saved, and theta_m the weights after ``steps[m-1]``
+more AdamW steps from theta_0 on the training examples being attributed (eq. 2's loss, uniform timesteps,
+Gaussian noise, minibatches drawn with replacement; learning rate ``lr`` after ``warmup_steps`` linear warm-up
+steps, then constant; gradient norm clipped at 1). Every draw comes from ``seed``.
+
+Why: one model's first-order influence linearises the loss around one point. Averaging over checkpoints spread
+over the training run lifts K-FAC influence most on colour images (README "Checkpoint ensembles"), and the
+continuation's weights, a few hundred steps away at the run's peak learning rate, do the same without saved
+checkpoints (README "Continuation ensembles", measured by ``benchmarks/probe_continuation.py``).
+
+The continued weights are written next to the ensemble (``<output_dir>/members/continuation/step_{n}/model.ckpt``, or
+pipeline folders ``step_{n}/`` when the model is one) with ``continuation.json``, and scored by
+``lit_attr.attribution.checkpoint_ensemble`` like ``--checkpoints '[model, step_100, ...]'``. A rerun reuses them
+(and resumes the members); other settings are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import Dataset
+
+from lit_attr.attribution.method_choice import AttributeMethod, config_values, flag_values
+from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
+from lit_attr.errors import ConfigError
+from lit_attr.storage import read_json, write_atomic, write_json_atomic
+
+FLAG = "--continuation"
+KEYS = ("steps", "lr", "batch_size", "warmup_steps", "seed")
+FOLDER = "continuation"
+SETTINGS_FILE = "continuation.json"
+DEFAULT_BATCH_SIZE = 128
+
+
+class UnknownLearningRate(ConfigError):
+    """No ``lr`` was given and the model (a pipeline folder) does not save one."""
+
+
+@dataclass(frozen=True)
+class ContinuationSettings:
+    """How the continuation is trained.
+
+    Attributes:
+        steps: the step counts whose weights join the ensemble (distinct, positive, increasing).
+        lr: constant AdamW learning rate after warm-up; None: the peak learning rate saved in the checkpoint.
+        batch_size: training examples per step; None: the checkpoint's training batch size (else 128).
+        warmup_steps: linear warm-up steps of the fresh optimizer.
+        seed: seed of every minibatch, timestep and noise draw.
+    """
+
+    steps: tuple[int, ...]
+    lr: float | None = None
+    batch_size: int | None = None
+    warmup_steps: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        if (not isinstance(steps, (list, tuple)) or not steps
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in steps)
+                or len(set(steps)) < len(steps)):
+            raise ConfigError(f"{FLAG}.steps takes distinct positive step counts, e.g. {FLAG}.steps "
+                              f"'[100, 200, 300]'; got {steps!r}.")
+        object.__setattr__(self, "steps", tuple(sorted(steps)))
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"{FLAG}.lr must be a positive learning rate (e.g. 3e-3); got {self.lr!r}.")
+        for name, low in (("batch_size", 1), ("warmup_steps", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+                raise ConfigError(f"{FLAG}.{name} must be an integer >= {low}; got {value!r}.")
+
+
+def requested_continuation(args: list[str]) -> ContinuationSettings | None:
+    """The ``--continuation.<key>`` flags (else a config file's ``continuation:`` block); None without steps.
+
+    Raises:
+        ConfigError: an unknown key, or settings ``ContinuationSettings`` refuses.
+    """
+    unknown = sorted({arg.split("=", 1)[0] for arg in args if arg.startswith(f"{FLAG}.")}
+                     - {f"{FLAG}.{key}" for key in KEYS})
+    if unknown:
+        raise ConfigError(f"Unknown flag {unknown[0]}; {FLAG} takes {', '.join(f'{FLAG}.{k}' for k in KEYS)}.")
+    block = (config_values(args, FLAG.lstrip("-")) or [None])[-1]
+    if block is not None and not isinstance(block, dict):
+        raise ConfigError(f"continuation: in a config takes a mapping, e.g. continuation: {{steps: [100, 200, 300]}}; "
+                          f"got {block!r}.")
+    values: dict[str, Any] = {key: value for key, value in (block or {}).items() if value is not None}
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"continuation: has an unknown key {unknown[0]!r}; keys: {', '.join(KEYS)}.")
+    for key in KEYS:
+        flags = flag_values(args, f"{FLAG}.{key}")
+        if flags:
+            values[key] = yaml.safe_load(flags[-1])
+    values = {key: value for key, value in values.items() if value is not None}
+    if not values.get("steps"):
+        if values:
+            raise ConfigError(f"{FLAG}.{next(iter(values))} needs {FLAG}.steps, e.g. {FLAG}.steps '[100, 200, 300]'.")
+        return None
+    if isinstance(values.get("lr"), str):  # YAML reads 3e-3 (no dot) as a string
+        try:
+            values["lr"] = float(values["lr"])
+        except ValueError:
+            pass  # refused below with the fix
+    if isinstance(values["steps"], list):
+        values["steps"] = tuple(values["steps"])
+    return ContinuationSettings(**values)
+
+
+def without_continuation_flags(args: list[str]) -> list[str]:
+    """``args`` without the ``--continuation.*`` flags and their values."""
+    out, skip = [], False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(f"{FLAG}."):
+            skip = "=" not in arg and i + 1 < len(args)
+            continue
+        out.append(arg)
+    return out
+
+
+def continue_training(ddpm: Any, dataset: Dataset, steps: Sequence[int], lr: float, batch_size: int,
+                      warmup_steps: int, seed: int, weight_decay: float = 0.0,
+                      betas: tuple[float, float] = (0.9, 0.999)) -> list[dict[str, torch.Tensor]]:
+    """The weights of ``ddpm.attribution_unet`` after each of ``steps`` (increasing) continued training steps.
+
+    Each step: ``batch_size`` examples of ``dataset`` drawn uniformly with replacement, one timestep t ~ U{0..T-1}
+    and noise eps ~ N(0, I) per example, the mean of eq. 2's loss (model space: latents for a latent model, the
+    label for a class-conditional one), its gradient norm clipped at 1, one AdamW step (fresh moments; learning
+    rate ``lr * min(1, (n + 1) / warmup_steps)`` at step n). Every draw comes from ``seed`` (CPU generator). The
+    U-Net's weights are restored afterwards.
+
+    Returns:
+        one ``state_dict`` copy of the U-Net per entry of ``steps``.
+    """
+    unet, schedule = ddpm.attribution_unet, ddpm.schedule
+    start = {name: value.detach().clone() for name, value in unet.state_dict().items()}
+    device = next(unet.parameters()).device
+    was_training = unet.training
+    requires = {name: p.requires_grad for name, p in unet.named_parameters()}
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: min(1.0, (n + 1) / max(1, warmup_steps)))
+    eps_model = unet_eps_model(unet)
+    saved = []
+    unet.requires_grad_(True)
+    unet.train()
+    try:
+        with torch.enable_grad():
+            for step in range(1, max(steps) + 1):
+                rows = torch.randint(0, len(dataset), (batch_size,), generator=gen).tolist()
+                items = [dataset[row] for row in rows]
+                images = torch.stack([item["image"] for item in items]).to(device)
+                labels = torch.tensor([int(item["label"]) for item in items], device=device) \
+                    if ddpm.num_classes is not None else None
+                with torch.no_grad():
+                    x0 = ddpm.encode_pixels(images)
+                t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=gen)
+                noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+                loss = loss_per_draw(eps_model, schedule, x0, t, noise, labels).mean()
+                if not bool(torch.isfinite(loss)):
+                    raise ConfigError(f"{FLAG}: the loss became {float(loss)} at continued step {step}; lower "
+                                      f"{FLAG}.lr (now {lr:g}).")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+                optimizer.step()
+                warmup.step()
+                if step in steps:
+                    saved.append({name: value.detach().clone() for name, value in unet.state_dict().items()})
+    finally:
+        unet.load_state_dict(start)
+        unet.train(was_training)
+        for name, p in unet.named_parameters():
+            p.requires_grad_(requires[name])
+    return saved
+
+
+def _model_settings(checkpoint: str, settings: ContinuationSettings) -> dict[str, Any]:
+    """The continuation's resolved optimizer settings: the ones given, else those saved in a Lightning checkpoint.
+
+    Raises:
+        ConfigError: no ``lr`` for a pipeline folder (its training learning rate is not saved).
+    """
+    saved: dict[str, Any] = {}
+    if Path(checkpoint).is_file():
+        from lit_attr.checkpoints import read_checkpoint
+
+        stored = read_checkpoint(checkpoint, "--model.checkpoint")
+        saved = dict(stored.get("hyper_parameters", {}).get("optimizer") or {})
+        saved["batch_size"] = (stored.get("datamodule_hyper_parameters") or {}).get("batch_size")
+    lr = settings.lr if settings.lr is not None else saved.get("lr")
+    if lr is None:
+        raise UnknownLearningRate(f"{checkpoint} is a pipeline folder, which does not save its training learning "
+                                  f"rate: attributing the model alone. To add the continuation, give the peak "
+                                  f"learning rate of its training run, e.g. {FLAG}.lr 1e-4.")
+    return {"lr": float(lr), "batch_size": int(settings.batch_size or saved.get("batch_size") or DEFAULT_BATCH_SIZE),
+            "weight_decay": float(saved.get("weight_decay", 0.0)),
+            "betas": [float(b) for b in saved.get("betas", (0.9, 0.999))]}
+
+
+def member_paths(folder: Path, checkpoint: str, steps: Sequence[int]) -> list[Path]:
+    """``folder/step_{n}/model.ckpt`` per step, or ``folder/step_{n}/`` pipeline folders when the model is one (one
+    folder per model: a benchmark keeps each member's curvature next to its checkpoint)."""
+    pipeline = Path(checkpoint).is_dir()
+    return [folder / f"step_{n}" if pipeline else folder / f"step_{n}" / "model.ckpt" for n in steps]
+
+
+def _save_member(ddpm: Any, checkpoint: str, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write continued weights in the model's own format: the checkpoint with its U-Net weights replaced, or a
+    pipeline folder (``lit_attr.pipeline_io.export_pipeline``)."""
+    unet = ddpm.attribution_unet
+    start = {name: value.detach().clone() for name, value in unet.state_dict().items()}
+    unet.load_state_dict(state)
+    try:
+        if Path(checkpoint).is_dir():
+            import shutil
+            import tempfile
+
+            from lit_attr.pipeline_io import export_pipeline
+
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            export_pipeline(ddpm, tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        else:
+            stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            stored["state_dict"] = {name: value.detach().cpu().clone() for name, value in ddpm.state_dict().items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda tmp: torch.save(stored, tmp))
+    finally:
+        unet.load_state_dict(start)
+
+
+@rank_zero_only
+def _progress(message: str) -> None:
+    import sys
+
+    print(f"[{FLAG}] {message}", file=sys.stderr)
+
+
+def prepare_continuation(args: list[str], settings: ContinuationSettings, method: AttributeMethod,
+                         load: Callable[[list[str]], tuple[Any, Dataset, str]]) -> list[str] | None:
+    """Train (or reuse) the continuation and return the ensemble's models: the model as saved, then each member;
+    None (after a note on stderr) for a method that does not use the model (pixel, CLIP) or a pipeline folder
+    without ``lr``, which are then run once on the model alone.
+
+    Args:
+        args: the command line without the ``--continuation.*`` flags.
+        load: ``load(args) -> (ddpm, training dataset, checkpoint)``, the model and data the run attributes
+            (``attribute.py`` parses them with its own CLI).
+
+    Raises:
+        ConfigError: ``--checkpoints`` as well, no output folder, or a folder holding a continuation made with
+            other settings.
+    """
+    from lit_attr.attribution.checkpoint_ensemble import CHECKPOINTS_FLAG, MEMBERS_FOLDER, output_dir_of
+
+    if flag_values(args, CHECKPOINTS_FLAG) or config_values(args, "checkpoints"):
+        raise ConfigError(f"Give either {CHECKPOINTS_FLAG} (saved checkpoints) or {FLAG}.steps (a continuation of "
+                          "one model), not both.")
+    if not method.uses_model:  # e.g. --method pixel with a config written for K-FAC
+        _progress(f"--method {method.name} does not use the diffusion model, so the continuation would average "
+                  "identical scores: scoring once.")
+        return None
+    folder = output_dir_of(args, FLAG) / MEMBERS_FOLDER / FOLDER
+    ddpm, dataset, checkpoint = load(args)
+    try:
+        return [checkpoint, *map(str, continuation_checkpoints(ddpm, dataset, checkpoint, settings, folder))]
+    except UnknownLearningRate as note:
+        _progress(str(note))
+        return None
+
+
+def continuation_checkpoints(ddpm: Any, dataset: Dataset, checkpoint: str, settings: ContinuationSettings,
+                             folder: Path) -> list[Path]:
+    """Train ``ddpm`` (loaded from ``checkpoint``) further on ``dataset`` and write its weights at each of
+    ``settings.steps`` into ``folder`` (``continue_training``, ``member_paths``), with ``continuation.json``; a
+    folder that already holds them with the same settings is reused.
+
+    Raises:
+        ConfigError: ``folder`` holds a continuation made with other settings, or a pipeline folder without
+            ``settings.lr``.
+    """
+    resolved = {**asdict(settings), "steps": list(settings.steps), **_model_settings(checkpoint, settings),
+                "model": str(Path(checkpoint).expanduser().resolve()), "num_examples": len(dataset)}
+    paths = member_paths(folder, checkpoint, settings.steps)
+    if (folder / SETTINGS_FILE).exists():
+        previous = read_json(folder / SETTINGS_FILE)
+        if previous != resolved:
+            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise ConfigError(f"{folder} holds a continuation made with other settings ({', '.join(changed)}); "
+                              "delete that folder or choose another --model.output_dir.")
+        if all(path.exists() for path in paths):
+            _progress(f"reusing {len(paths)} continued models in {folder}")
+            return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    _progress(f"training {max(settings.steps)} more steps from {checkpoint} (lr {resolved['lr']:g}, batch "
+              f"{resolved['batch_size']}), keeping steps {list(settings.steps)}")
+    states = continue_training(ddpm, dataset, settings.steps, resolved["lr"], resolved["batch_size"],
+                               settings.warmup_steps, settings.seed, resolved["weight_decay"],
+                               tuple(resolved["betas"]))
+    for state, path in zip(states, paths):
+        _save_member(ddpm, checkpoint, state, path)
+    write_json_atomic(folder / SETTINGS_FILE, resolved)
+    return paths
