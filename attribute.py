@@ -12,7 +12,12 @@ import sys
 import warnings
 
 from lit_attr.attribution.checkpoint_ensemble import requested_checkpoints, run_checkpoint_ensemble, without_flags
-from lit_attr.attribution.continuation import prepare_continuation, requested_continuation, without_continuation_flags
+from lit_attr.attribution.continuation import (
+    continuation_flags_given,
+    prepare_continuation,
+    requested_continuation,
+    without_continuation_flags,
+)
 from lit_attr.attribution.method_choice import AttributeMethod, choose_method, without_other_methods_settings
 from lit_attr.attribution.run import run_attribution
 from lit_attr.cli import AttributeCLI
@@ -23,13 +28,14 @@ from lit_attr.data.datamodules import AttributionDataModule
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else list(args)
     method = choose_method(args)
-    continuation = requested_continuation(args)
+    continuation, checkpoints = requested_continuation(args), None
     if continuation is not None:  # the model and its continued weights become the checkpoints of an ensemble
+        flags = continuation_flags_given(args)
         args = without_continuation_flags(args)
-        checkpoints = prepare_continuation(args, continuation, method, lambda a: model_and_data(a, method))
+        checkpoints = prepare_continuation(args, continuation, method, lambda a: model_and_data(a, method), flags)
         if checkpoints is not None:  # the model is now the first of the checkpoints
             args = without_flags(args, lambda name: name == "--model.checkpoint")
-    else:
+    if checkpoints is None:
         checkpoints = requested_checkpoints(args)
     if checkpoints is not None:
         run_checkpoint_ensemble(args, checkpoints, method, attribute_one)

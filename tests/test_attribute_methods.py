@@ -260,6 +260,13 @@ def test_continuation_scores_the_model_and_its_continued_weights_and_writes_thei
         attribute(tiny_run, "continuation", "kfac", flag, "--continuation.lr=1e-4")
     with pytest.raises(ConfigError, match="not both"):
         attribute(tiny_run, "refused_both_kinds", "kfac", flag, f"--checkpoints=[{final}, {final}]")
+    config = root / "continuation.yaml"  # a config asking for a continuation, overridden by --checkpoints
+    config.write_text(tiny_run[1].read_text() + "continuation:\n  steps: [2]\n")
+    step = perturbed_checkpoint(root, root / "run" / "step_10" / "model.ckpt")
+    capsys.readouterr()
+    saved = attribute((root, config), "config_continuation", "kfac", f"--checkpoints=[{final}, {step}]")
+    assert "instead of the config's continuation" in capsys.readouterr().err
+    assert sorted(p.name for p in (saved / "members").iterdir()) == ["0_last", "1_step_10"]
     pixel = attribute(tiny_run, "pixel_continuation", "pixel", flag)  # a config written for K-FAC serves pixel too
     assert "does not use the diffusion model" in capsys.readouterr().err and not (pixel / "members").exists()
 

@@ -120,6 +120,11 @@ def requested_continuation(args: list[str]) -> ContinuationSettings | None:
     return ContinuationSettings(**values)
 
 
+def continuation_flags_given(args: list[str]) -> bool:
+    """Whether ``args`` hold any ``--continuation.*`` flag."""
+    return any(arg.startswith(f"{FLAG}.") for arg in args)
+
+
 def without_continuation_flags(args: list[str]) -> list[str]:
     """``args`` without the ``--continuation.*`` flags and their values."""
     out, skip = [], False
@@ -256,13 +261,16 @@ def _progress(message: str) -> None:
 
 
 def prepare_continuation(args: list[str], settings: ContinuationSettings, method: AttributeMethod,
-                         load: Callable[[list[str]], tuple[Any, Dataset, str]]) -> list[str] | None:
+                         load: Callable[[list[str]], tuple[Any, Dataset, str]],
+                         given_as_flags: bool = True) -> list[str] | None:
     """Train (or reuse) the continuation and return the ensemble's models: the model as saved, then each member;
     None (after a note on stderr) for a method that does not use the model (pixel, CLIP) or a pipeline folder
-    without ``lr``, which are then run once on the model alone.
+    without ``lr``, which are then run once on the model alone, and when ``--checkpoints`` overrides a
+    continuation that only a config file asked for (``given_as_flags`` false).
 
     Args:
         args: the command line without the ``--continuation.*`` flags.
+        given_as_flags: whether the settings came from ``--continuation.*`` flags (else from a config file).
         load: ``load(args) -> (ddpm, training dataset, checkpoint)``, the model and data the run attributes
             (``attribute.py`` parses them with its own CLI).
 
@@ -273,8 +281,11 @@ def prepare_continuation(args: list[str], settings: ContinuationSettings, method
     from lit_attr.attribution.checkpoint_ensemble import CHECKPOINTS_FLAG, MEMBERS_FOLDER, output_dir_of
 
     if flag_values(args, CHECKPOINTS_FLAG) or config_values(args, "checkpoints"):
-        raise ConfigError(f"Give either {CHECKPOINTS_FLAG} (saved checkpoints) or {FLAG}.steps (a continuation of "
-                          "one model), not both.")
+        if given_as_flags:
+            raise ConfigError(f"Give either {CHECKPOINTS_FLAG} (saved checkpoints) or {FLAG}.steps (a continuation "
+                              "of one model), not both.")
+        _progress(f"{CHECKPOINTS_FLAG} given: averaging over those checkpoints instead of the config's continuation.")
+        return None
     if not method.uses_model:  # e.g. --method pixel with a config written for K-FAC
         _progress(f"--method {method.name} does not use the diffusion model, so the continuation would average "
                   "identical scores: scoring once.")
