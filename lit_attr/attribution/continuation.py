@@ -73,7 +73,7 @@ class ContinuationSettings:
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in steps)
                 or len(set(steps)) < len(steps)):
             raise ConfigError(f"{FLAG}.steps takes distinct positive step counts, e.g. {FLAG}.steps "
-                              f"'[100, 200, 300]'; got {steps!r}.")
+                              f"'[100, 200, 300]'; got {list(steps) if isinstance(steps, tuple) else steps!r}.")
         object.__setattr__(self, "steps", tuple(sorted(steps)))
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"{FLAG}.lr must be a positive learning rate (e.g. 3e-3); got {self.lr!r}.")
