@@ -304,6 +304,24 @@ def test_checkpoints_under_ddp_give_the_one_process_mean(tiny_run):
     np.testing.assert_allclose(load_scores(out), expected, atol=1e-2 * np.abs(expected).max())
 
 
+def test_continuation_under_ddp_trains_once_and_gives_the_one_process_mean(tiny_run):
+    """The first process trains the continuation before Lightning starts the second, which finds it and reuses it."""
+    root, config = tiny_run
+    flag = "--continuation.steps=[3]"
+    one = attribute(tiny_run, "continuation_one_process", "kfac", flag)
+    out = root / "continuation_ddp"
+    proc = run_script("attribute.py", "--config", str(config), flag, f"--model.output_dir={out}",
+                      f"--trainer.default_root_dir={out}", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("[--continuation] training 3 more steps") == 1
+    a, b = (torch.load(run / "members" / "continuation" / "step_3" / "model.ckpt", weights_only=False)["state_dict"]
+            for run in (one, out))
+    for name in a:  # the seed fixes the continuation (up to float rounding: the processes use other thread counts)
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
+    expected = load_scores(one)
+    np.testing.assert_allclose(load_scores(out), expected, atol=1e-2 * np.abs(expected).max())
+
+
 def test_trak_memory_estimate_counts_the_projection_matrix_and_no_curvature(tiny_run, capsys):
     out = attribute(tiny_run, "trak_memory", "trak")
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Memory estimate"))
