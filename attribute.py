@@ -11,14 +11,24 @@ each of several models with it and writes the mean (``lit_attr.attribution.check
 import sys
 import warnings
 
-from lit_attr.attribution.checkpoint_ensemble import requested_checkpoints, run_checkpoint_ensemble, without_flags
+import torch
+
+from lit_attr.attribution.checkpoint_ensemble import (
+    requested_checkpoints,
+    run_checkpoint_ensemble,
+    without_flags,
+)
 from lit_attr.attribution.continuation import (
     continuation_flags_given,
     prepare_continuation,
     requested_continuation,
     without_continuation_flags,
 )
-from lit_attr.attribution.method_choice import AttributeMethod, choose_method, without_other_methods_settings
+from lit_attr.attribution.method_choice import (
+    AttributeMethod,
+    choose_method,
+    without_other_methods_settings,
+)
 from lit_attr.attribution.run import run_attribution
 from lit_attr.cli import AttributeCLI
 from lit_attr.cli_errors import run_cli
@@ -51,10 +61,15 @@ def _cli(args: list[str], method: AttributeMethod) -> AttributeCLI:
 
 
 def model_and_data(args: list[str], method: AttributeMethod) -> tuple:
-    """The DDPM, the training dataset and the model path that ``args`` would attribute (nothing runs)."""
+    """The DDPM, the training dataset, the model path and the device that ``args`` would attribute with (nothing
+    runs; the device is this process's, e.g. cuda:0 for the first of several GPUs)."""
     cli = _cli(args, method)
     cli.datamodule.setup("predict")
-    return cli.model.ddpm, cli.datamodule.dataset, cli.model.checkpoint
+    try:
+        device = cli.trainer.strategy.root_device
+    except (AttributeError, RuntimeError):  # a strategy that knows its device only once launched
+        device = torch.device("cpu")
+    return cli.model.ddpm, cli.datamodule.dataset, cli.model.checkpoint, device
 
 
 def attribute_one(args: list[str], method: AttributeMethod | None = None) -> None:

@@ -3,8 +3,8 @@
 Averaging K-FAC influence over the final weights and three checkpoints spread over the run (``ensemble_steps``)
 is the one lever that lifts one model's LDS on the colour roots (README "Checkpoint ensembles"); a user with only
 the final weights has no such checkpoints. This probe continues training the root's full model on all of its
-training data (fresh AdamW at a constant ``--lr`` after a short linear warm-up, batches of ``--batch_size``,
-every draw from ``--seed``), keeps the weights after each of ``--steps`` steps, and scores each member like
+training data (``lit_attr.attribution.continuation.continue_training``: fresh AdamW at a constant ``--lr`` after
+a short linear warm-up, batches of ``--batch_size``, weight decay 1e-6, every draw from ``--seed`` + 1), keeps the weights after each of ``--steps`` steps, and scores each member like
 ``attribute.py`` (K-FAC influence of the loss, eq. 6 with the K-FAC GGN of eq. 12, stratified training draws):
 
     score[j, q] = (1 / M) sum_m grad L_q(theta_m)^T (GGN(theta_m) + lambda I)^-1 grad L(x_j; theta_m)
@@ -31,49 +31,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probe_functions import Prober, load_benchmark, print_paired_table, stored_loss_scores  # noqa: E402
+from lit_attr.attribution.continuation import continue_training  # noqa: E402
 from lit_attr.attribution.gradients import flatten_gradients  # noqa: E402
 from lit_attr.attribution.queries import QuerySet  # noqa: E402
 from lit_attr.constants import FULL_DIR, MODEL_FILE, QUERIES_FILE  # noqa: E402
 from lit_attr.curvature.eigen import precondition  # noqa: E402
 from lit_attr.diffusion.draws import DrawScheme, draw_for_batch  # noqa: E402
-from lit_attr.diffusion.loss import loss_per_draw, loss_per_example  # noqa: E402
+from lit_attr.diffusion.loss import loss_per_example  # noqa: E402
 from lit_attr.evaluation.campaign import max_weight_difference  # noqa: E402
 from lit_attr.evaluation.results import lds  # noqa: E402
 
 SPREAD_METHOD = "kfac_spread4"
-
-
-def continuation_states(prober: Prober, steps: list[int], lr: float, batch_size: int, warmup: int,
-                        seed: int) -> list[dict[str, torch.Tensor]]:
-    """The U-Net's weights after each of ``steps`` steps of AdamW (lr ``lr`` after ``warmup`` linear warm-up
-    steps, weight decay 1e-6, gradient norm clipped at 1) from the loaded weights, on minibatches of all training
-    images with uniform timesteps and Gaussian noise (eq. 2), every draw from ``seed``. The model is restored."""
-    unet, schedule = prober.unet, prober.schedule
-    start = {k: v.clone() for k, v in unet.state_dict().items()}
-    images = torch.cat([b["image"] for b in prober.batches])
-    gen = torch.Generator().manual_seed(seed)
-    unet.requires_grad_(True)
-    unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / max(1, warmup)))
-    saved = []
-    with torch.enable_grad():
-        for step in range(1, max(steps) + 1):
-            rows = torch.randint(0, len(images), (batch_size,), generator=gen)
-            t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=gen)
-            noise = torch.randn(images[rows].shape, generator=gen)
-            loss = loss_per_draw(prober.eps_model, schedule, images[rows], t, noise).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if step in steps:
-                saved.append({k: v.detach().clone() for k, v in unet.state_dict().items()})
-    unet.eval()
-    unet.requires_grad_(False)
-    unet.load_state_dict(start)
-    return saved
 
 
 def mean_training_loss(prober: Prober, seed: int, num_draws: int = 4) -> float:
@@ -125,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{root} has another full model than {args.roots[0]}; probe them separately.")
     prober = Prober(loaded[0][0], args.seed, DrawScheme.STRATIFIED)
     queries = QuerySet.load(args.roots[0] / QUERIES_FILE).images
-    members = [None] + continuation_states(prober, sorted(args.steps), args.lr, args.batch_size, args.warmup,
-                                           args.seed + 1)
+    members = [None] + continue_training(prober.ddpm, prober.dataset, sorted(args.steps), args.lr, args.batch_size,
+                                         args.warmup, args.seed + 1, weight_decay=1e-6)
     final_weights = {k: v.clone() for k, v in prober.unet.state_dict().items()}
     per_member = []
     for k, state in enumerate(members):

@@ -33,7 +33,11 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import Dataset
 
-from lit_attr.attribution.method_choice import AttributeMethod, config_values, flag_values
+from lit_attr.attribution.method_choice import (
+    AttributeMethod,
+    config_values,
+    flag_values,
+)
 from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
 from lit_attr.errors import ConfigError
 from lit_attr.storage import read_json, write_atomic, write_json_atomic
@@ -141,43 +145,40 @@ def without_continuation_flags(args: list[str]) -> list[str]:
 
 def continue_training(ddpm: Any, dataset: Dataset, steps: Sequence[int], lr: float, batch_size: int,
                       warmup_steps: int, seed: int, weight_decay: float = 0.0,
-                      betas: tuple[float, float] = (0.9, 0.999)) -> list[dict[str, torch.Tensor]]:
+                      betas: tuple[float, float] = (0.9, 0.999),
+                      device: torch.device | str | None = None,
+                      progress: Callable[[int, float], None] | None = None) -> list[dict[str, torch.Tensor]]:
     """The weights of ``ddpm.attribution_unet`` after each of ``steps`` (increasing) continued training steps.
 
     Each step: ``batch_size`` examples of ``dataset`` drawn uniformly with replacement, one timestep t ~ U{0..T-1}
     and noise eps ~ N(0, I) per example, the mean of eq. 2's loss (model space: latents for a latent model, the
     label for a class-conditional one), its gradient norm clipped at 1, one AdamW step (fresh moments; learning
-    rate ``lr * min(1, (n + 1) / warmup_steps)`` at step n). Every draw comes from ``seed`` (CPU generator). The
-    U-Net's weights are restored afterwards.
+    rate ``lr * min(1, (n + 1) / warmup_steps)`` at step n). Every draw comes from ``seed`` (CPU generator), so
+    the result does not depend on ``device`` (where the steps run; None: where the model is) beyond float
+    rounding. ``progress(step, loss)`` is called after every step. The model's weights, device and modes are
+    restored afterwards.
 
     Returns:
-        one ``state_dict`` copy of the U-Net per entry of ``steps``.
+        one CPU ``state_dict`` copy of the U-Net per entry of ``steps``.
     """
-    unet, schedule = ddpm.attribution_unet, ddpm.schedule
+    unet = ddpm.attribution_unet
+    home = next(unet.parameters()).device
     start = {name: value.detach().clone() for name, value in unet.state_dict().items()}
-    device = next(unet.parameters()).device
-    was_training = unet.training
-    requires = {name: p.requires_grad for name, p in unet.named_parameters()}
+    was_training, requires = unet.training, {name: p.requires_grad for name, p in unet.named_parameters()}
     gen = torch.Generator().manual_seed(seed)
+    ddpm.to(home if device is None else device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: min(1.0, (n + 1) / max(1, warmup_steps)))
-    eps_model = unet_eps_model(unet)
-    saved = []
+    eps_model, saved = unet_eps_model(unet), []
     unet.requires_grad_(True)
     unet.train()
     try:
         with torch.enable_grad():
             for step in range(1, max(steps) + 1):
-                rows = torch.randint(0, len(dataset), (batch_size,), generator=gen).tolist()
-                items = [dataset[row] for row in rows]
-                images = torch.stack([item["image"] for item in items]).to(device)
-                labels = torch.tensor([int(item["label"]) for item in items], device=device) \
-                    if ddpm.num_classes is not None else None
-                with torch.no_grad():
-                    x0 = ddpm.encode_pixels(images)
-                t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=gen)
+                x0, labels = _minibatch(ddpm, dataset, batch_size, gen)
+                t = torch.randint(0, ddpm.schedule.num_timesteps, (batch_size,), generator=gen)
                 noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
-                loss = loss_per_draw(eps_model, schedule, x0, t, noise, labels).mean()
+                loss = loss_per_draw(eps_model, ddpm.schedule, x0, t, noise, labels).mean()
                 if not bool(torch.isfinite(loss)):
                     raise ConfigError(f"{FLAG}: the loss became {float(loss)} at continued step {step}; lower "
                                       f"{FLAG}.lr (now {lr:g}).")
@@ -186,14 +187,37 @@ def continue_training(ddpm: Any, dataset: Dataset, steps: Sequence[int], lr: flo
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
                 optimizer.step()
                 warmup.step()
+                if progress is not None:
+                    progress(step, float(loss))
                 if step in steps:
-                    saved.append({name: value.detach().clone() for name, value in unet.state_dict().items()})
+                    saved.append({name: value.detach().cpu().clone() for name, value in unet.state_dict().items()})
     finally:
+        ddpm.to(home)
         unet.load_state_dict(start)
         unet.train(was_training)
         for name, p in unet.named_parameters():
             p.requires_grad_(requires[name])
     return saved
+
+
+def _minibatch(ddpm: Any, dataset: Dataset, batch_size: int,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``batch_size`` examples drawn with replacement: model-space inputs (B, C, H, W) on the model's device and
+    their labels (B,) for a class-conditional model (else None).
+
+    Raises:
+        ConfigError: a class-conditional model and a dataset without labels.
+    """
+    device = next(ddpm.attribution_unet.parameters()).device
+    items = [dataset[row] for row in torch.randint(0, len(dataset), (batch_size,), generator=gen).tolist()]
+    labels = None
+    if ddpm.num_classes is not None:
+        if "label" not in items[0]:
+            raise ConfigError(f"{FLAG}: the model is class-conditional but the training examples (--data.*) carry "
+                              "no labels; use the dataset the model was trained on.")
+        labels = torch.tensor([int(item["label"]) for item in items], device=device)
+    with torch.no_grad():
+        return ddpm.encode_pixels(torch.stack([item["image"] for item in items]).to(device)), labels
 
 
 def _model_settings(checkpoint: str, settings: ContinuationSettings) -> dict[str, Any]:
@@ -253,6 +277,17 @@ def _save_member(ddpm: Any, checkpoint: str, state: dict[str, torch.Tensor], pat
         unet.load_state_dict(start)
 
 
+def _report_every(total: int, lines: int = 6) -> Callable[[int, float], None]:
+    """A ``progress`` for ``continue_training`` that prints about ``lines`` lines over ``total`` steps."""
+    every = max(1, total // lines)
+
+    def report(step: int, loss: float) -> None:
+        if step % every == 0 or step == total:
+            _progress(f"step {step}/{total}: loss {loss:.4f}")
+
+    return report
+
+
 @rank_zero_only
 def _progress(message: str) -> None:
     import sys
@@ -261,7 +296,7 @@ def _progress(message: str) -> None:
 
 
 def prepare_continuation(args: list[str], settings: ContinuationSettings, method: AttributeMethod,
-                         load: Callable[[list[str]], tuple[Any, Dataset, str]],
+                         load: Callable[[list[str]], tuple[Any, Dataset, str, torch.device]],
                          given_as_flags: bool = True) -> list[str] | None:
     """Train (or reuse) the continuation and return the ensemble's models: the model as saved, then each member;
     None (after a note on stderr) for a method that does not use the model (pixel, CLIP) or a pipeline folder
@@ -271,14 +306,18 @@ def prepare_continuation(args: list[str], settings: ContinuationSettings, method
     Args:
         args: the command line without the ``--continuation.*`` flags.
         given_as_flags: whether the settings came from ``--continuation.*`` flags (else from a config file).
-        load: ``load(args) -> (ddpm, training dataset, checkpoint)``, the model and data the run attributes
-            (``attribute.py`` parses them with its own CLI).
+        load: ``load(args) -> (ddpm, training dataset, checkpoint, device)``, the model and data the run
+            attributes and the device its trainer runs on (``attribute.py`` parses them with its own CLI).
 
     Raises:
         ConfigError: ``--checkpoints`` as well, no output folder, or a folder holding a continuation made with
             other settings.
     """
-    from lit_attr.attribution.checkpoint_ensemble import CHECKPOINTS_FLAG, MEMBERS_FOLDER, output_dir_of
+    from lit_attr.attribution.checkpoint_ensemble import (
+        CHECKPOINTS_FLAG,
+        MEMBERS_FOLDER,
+        output_dir_of,
+    )
 
     if flag_values(args, CHECKPOINTS_FLAG) or config_values(args, "checkpoints"):
         if given_as_flags:
@@ -291,19 +330,19 @@ def prepare_continuation(args: list[str], settings: ContinuationSettings, method
                   "identical scores: scoring once.")
         return None
     folder = output_dir_of(args, FLAG) / MEMBERS_FOLDER / FOLDER
-    ddpm, dataset, checkpoint = load(args)
+    ddpm, dataset, checkpoint, device = load(args)
     try:
-        return [checkpoint, *map(str, continuation_checkpoints(ddpm, dataset, checkpoint, settings, folder))]
+        return [checkpoint, *map(str, continuation_checkpoints(ddpm, dataset, checkpoint, settings, folder, device))]
     except UnknownLearningRate as note:
         _progress(str(note))
         return None
 
 
 def continuation_checkpoints(ddpm: Any, dataset: Dataset, checkpoint: str, settings: ContinuationSettings,
-                             folder: Path) -> list[Path]:
+                             folder: Path, device: torch.device | str | None = None) -> list[Path]:
     """Train ``ddpm`` (loaded from ``checkpoint``) further on ``dataset`` and write its weights at each of
-    ``settings.steps`` into ``folder`` (``continue_training``, ``member_paths``), with ``continuation.json``; a
-    folder that already holds them with the same settings is reused.
+    ``settings.steps`` into ``folder`` (``continue_training`` on ``device``, ``member_paths``), with
+    ``continuation.json``; a folder that already holds them with the same settings is reused.
 
     Raises:
         ConfigError: ``folder`` holds a continuation made with other settings, or a pipeline folder without
@@ -326,7 +365,7 @@ def continuation_checkpoints(ddpm: Any, dataset: Dataset, checkpoint: str, setti
               f"{resolved['batch_size']}), keeping steps {list(settings.steps)}")
     states = continue_training(ddpm, dataset, settings.steps, resolved["lr"], resolved["batch_size"],
                                settings.warmup_steps, settings.seed, resolved["weight_decay"],
-                               tuple(resolved["betas"]))
+                               tuple(resolved["betas"]), device, _report_every(max(settings.steps)))
     for state, path in zip(states, paths):
         _save_member(ddpm, checkpoint, state, path)
     write_json_atomic(folder / SETTINGS_FILE, resolved)
