@@ -188,7 +188,7 @@ def continue_training(ddpm: Any, dataset: Dataset, steps: Sequence[int], lr: flo
                 optimizer.step()
                 warmup.step()
                 if progress is not None:
-                    progress(step, float(loss))
+                    progress(step, float(loss.detach()))
                 if step in steps:
                     saved.append({name: value.detach().cpu().clone() for name, value in unet.state_dict().items()})
     finally:
