@@ -23,6 +23,9 @@ pipeline folders ``step_{n}/`` when the model is one) with ``continuation.json``
 from __future__ import annotations
 
 import math
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import Dataset
 
+from lit_attr.attribution.checkpoint_ensemble import CHECKPOINTS_FLAG, MEMBERS_FOLDER, output_dir_of, without_flags
 from lit_attr.attribution.method_choice import (
     AttributeMethod,
     config_values,
@@ -131,16 +135,7 @@ def continuation_flags_given(args: list[str]) -> bool:
 
 def without_continuation_flags(args: list[str]) -> list[str]:
     """``args`` without the ``--continuation.*`` flags and their values."""
-    out, skip = [], False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if arg.startswith(f"{FLAG}."):
-            skip = "=" not in arg and i + 1 < len(args)
-            continue
-        out.append(arg)
-    return out
+    return without_flags(args, lambda name: name.startswith(f"{FLAG}."))
 
 
 def continue_training(ddpm: Any, dataset: Dataset, steps: Sequence[int], lr: float, batch_size: int,
@@ -258,9 +253,6 @@ def _save_member(ddpm: Any, checkpoint: str, state: dict[str, torch.Tensor], pat
     unet.load_state_dict(state)
     try:
         if Path(checkpoint).is_dir():
-            import shutil
-            import tempfile
-
             from lit_attr.pipeline_io import export_pipeline
 
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -290,8 +282,6 @@ def _report_every(total: int, lines: int = 6) -> Callable[[int, float], None]:
 
 @rank_zero_only
 def _progress(message: str) -> None:
-    import sys
-
     print(f"[{FLAG}] {message}", file=sys.stderr)
 
 
