@@ -42,6 +42,7 @@ from lit_attr.attribution.method_choice import (
     config_values,
     flag_values,
 )
+from lit_attr.checkpoints import read_checkpoint
 from lit_attr.diffusion.loss import loss_per_draw, unet_eps_model
 from lit_attr.errors import ConfigError
 from lit_attr.storage import read_json, write_atomic, write_json_atomic
@@ -215,17 +216,16 @@ def _minibatch(ddpm: Any, dataset: Dataset, batch_size: int,
         return ddpm.encode_pixels(torch.stack([item["image"] for item in items]).to(device)), labels
 
 
-def _model_settings(checkpoint: str, settings: ContinuationSettings) -> dict[str, Any]:
-    """The continuation's resolved optimizer settings: the ones given, else those saved in a Lightning checkpoint.
+def _model_settings(stored: dict[str, Any] | None, settings: ContinuationSettings,
+                    checkpoint: str) -> dict[str, Any]:
+    """The continuation's resolved optimizer settings: the ones given, else those saved in the Lightning checkpoint
+    ``stored`` (None: a pipeline folder, ``checkpoint``).
 
     Raises:
         ConfigError: no ``lr`` for a pipeline folder (its training learning rate is not saved).
     """
     saved: dict[str, Any] = {}
-    if Path(checkpoint).is_file():
-        from lit_attr.checkpoints import read_checkpoint
-
-        stored = read_checkpoint(checkpoint, "--model.checkpoint")
+    if stored is not None:
         saved = dict(stored.get("hyper_parameters", {}).get("optimizer") or {})
         saved["batch_size"] = (stored.get("datamodule_hyper_parameters") or {}).get("batch_size")
     lr = settings.lr if settings.lr is not None else saved.get("lr")
@@ -245,14 +245,14 @@ def member_paths(folder: Path, checkpoint: str, steps: Sequence[int]) -> list[Pa
     return [folder / f"step_{n}" if pipeline else folder / f"step_{n}" / "model.ckpt" for n in steps]
 
 
-def _save_member(ddpm: Any, checkpoint: str, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write continued weights in the model's own format: the checkpoint with its U-Net weights replaced, or a
-    pipeline folder (``lit_attr.pipeline_io.export_pipeline``)."""
+def _save_member(ddpm: Any, stored: dict[str, Any] | None, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write continued weights in the model's own format: the Lightning checkpoint ``stored`` with its weights
+    replaced, or (``stored`` None) a pipeline folder (``lit_attr.pipeline_io.export_pipeline``)."""
     unet = ddpm.attribution_unet
     start = {name: value.detach().clone() for name, value in unet.state_dict().items()}
     unet.load_state_dict(state)
     try:
-        if Path(checkpoint).is_dir():
+        if stored is None:
             from lit_attr.pipeline_io import export_pipeline
 
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -261,7 +261,6 @@ def _save_member(ddpm: Any, checkpoint: str, state: dict[str, torch.Tensor], pat
                 shutil.rmtree(path)
             tmp.rename(path)
         else:
-            stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
             stored["state_dict"] = {name: value.detach().cpu().clone() for name, value in ddpm.state_dict().items()}
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, lambda tmp: torch.save(stored, tmp))
@@ -338,7 +337,8 @@ def continuation_checkpoints(ddpm: Any, dataset: Dataset, checkpoint: str, setti
         ConfigError: ``folder`` holds a continuation made with other settings, or a pipeline folder without
             ``settings.lr``.
     """
-    resolved = {**asdict(settings), "steps": list(settings.steps), **_model_settings(checkpoint, settings),
+    stored = read_checkpoint(checkpoint, "--model.checkpoint") if Path(checkpoint).is_file() else None  # read once
+    resolved = {**asdict(settings), "steps": list(settings.steps), **_model_settings(stored, settings, checkpoint),
                 "model": str(Path(checkpoint).expanduser().resolve()), "num_examples": len(dataset)}
     paths = member_paths(folder, checkpoint, settings.steps)
     if (folder / SETTINGS_FILE).exists():
@@ -357,6 +357,6 @@ def continuation_checkpoints(ddpm: Any, dataset: Dataset, checkpoint: str, setti
                                settings.warmup_steps, settings.seed, resolved["weight_decay"],
                                tuple(resolved["betas"]), device, _report_every(max(settings.steps)))
     for state, path in zip(states, paths):
-        _save_member(ddpm, checkpoint, state, path)
+        _save_member(ddpm, stored, state, path)
     write_json_atomic(folder / SETTINGS_FILE, resolved)
     return paths
