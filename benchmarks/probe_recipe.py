@@ -55,6 +55,8 @@ RECIPES = {
     "long_wide": Recipe(1000, 3e-3, 0.0, 128, channels=(32, 64)),  # 4x the parameters (0.7M)
     "long_keyed": Recipe(1000, 3e-3, 0.0, 128, example_keyed=True),  # common random numbers per example
     "long_shared_init": Recipe(1000, 3e-3, 0.0, 128, init_seed=0),  # one initialisation for every model
+    "long_ema995": Recipe(1000, 3e-3, 0.995, 128),  # the benchmark's recipe, EMA weights attributed and retrained
+    "quickstart": Recipe(1500, 2e-3, 0.995, 128),  # configs/digits.yaml's (configs/lds/quickstart_train.yaml)
 }
 
 
