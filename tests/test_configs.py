@@ -64,3 +64,20 @@ def test_every_config_parses_against_its_cli(config, capsys):
         bench = evaluate.benchmark_config(parser.instantiate(args)["report"])
         assert bench.methods and (ROOT / bench.retraining.recipe).is_file()
         assert cli_of(str(Path(bench.retraining.recipe).relative_to("configs"))) == "train.py"
+
+
+def test_quickstart_benchmark_recipe_trains_like_the_quickstart():
+    """configs/lds/quickstart_train.yaml is configs/digits.yaml's training (model, optimizer, EMA, data, steps, clip),
+    so the LDS root it builds measures the shipped config on the Quickstart's own kind of model."""
+    import yaml
+
+    quickstart = yaml.safe_load((ROOT / "configs" / "digits.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "configs" / "lds" / "quickstart_train.yaml").read_text())
+    benchmark = yaml.safe_load((ROOT / "configs" / "lds" / "quickstart_digits.yaml").read_text())
+    logging_only = {"loss_buckets"}  # the per-timestep loss curves of TensorBoard, off in benchmark runs
+    assert {k: v for k, v in recipe["model"].items() if k not in logging_only} == quickstart["model"]
+    assert recipe["data"] == quickstart["data"]
+    for key in ("max_steps", "gradient_clip_val"):
+        assert recipe["trainer"][key] == quickstart["trainer"][key]
+    assert benchmark["retraining"]["recipe"] == "configs/lds/quickstart_train.yaml"
+    assert benchmark["retraining"]["full_steps"] == quickstart["trainer"]["max_steps"]
