@@ -310,13 +310,14 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps
-    probed, seeds, common, newton, continuation = run_scripts_together(  # read-only probes of the root, side by side
+    probed, seeds, common, newton, continuation, members = run_scripts_together(  # read-only probes, side by side
         ("benchmarks/probe_functions.py", str(bench), "--num_draws=2", "--query_draws=2", "--dampings", "1e-3"),
         ("benchmarks/probe_seeds.py", str(bench), "--resamples=20"),
         ("benchmarks/probe_common.py", str(bench), "--all-dampings"),
         ("benchmarks/probe_newton.py", str(bench), "--num_draws=2", "--query_draws=2", "--delta_dampings", "1e-2",
          "--alphas", "0", "1", "--random_control"),
-        ("benchmarks/probe_continuation.py", str(bench), "--steps", "1", "2", "--num_draws=2", "--query_draws=2"))
+        ("benchmarks/probe_continuation.py", str(bench), "--steps", "1", "2", "--num_draws=2", "--query_draws=2"),
+        ("benchmarks/probe_members.py", str(bench), "--method=kfac_continued", "--draws=2", "--resamples=20"))
     assert probed.returncode == 0, probed.stderr[-3000:]
     rows = [line for line in probed.stdout.splitlines() if line.startswith("| loss |") or line.startswith("| sqnorm |")]
     assert len(rows) == 2 * 2 * 2  # training function x query function x (K-FAC 1e-3, identity)
@@ -340,6 +341,16 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
                       if line.startswith(("| final weights |", "| + 2 continuation members |", "| member 1 alone"))]
     assert len(continued_rows) == 3 and all(-1 <= float(r[2].split("±")[0]) <= 1 for r in continued_rows)
     assert continued_rows[0][3].strip() == "+0.000 ± 0.000"
+    assert members.returncode == 0, members.stderr[-3000:]
+    member_rows = {r[1].strip(): r for r in (line.split("|") for line in members.stdout.splitlines()
+                                             if line.startswith("| "))
+                   if r[1].strip() in ("model", "continued_2", "model + continued_2")}
+    assert list(member_rows) == ["model", "continued_2", "model + continued_2"]
+    assert member_rows["model + continued_2"][5].strip() == "+0.000 ± 0.000 [± 0.000]"
+    reported = next(r for r in json.loads((bench / "results.json").read_text())["lds"]  # the report's own number
+                    if r["method"] == "kfac_continued" and r["target"] == "loss" and r["approx"] == "loss"
+                    and r["default_damping"])
+    assert member_rows["model + continued_2"][3].strip() == f"{reported['mean']:.3f}"
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout
