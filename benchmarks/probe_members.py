@@ -29,6 +29,7 @@ from probe_functions import load_benchmark, run_over_roots  # noqa: E402
 from lit_attr.evaluation.results import lds  # noqa: E402
 from lit_attr.evaluation.selection import cross_fitted  # noqa: E402
 from lit_attr.evaluation.variants import load_variant_scores  # noqa: E402
+from lit_attr.methods.base import AttributionMethod  # noqa: E402
 from lit_attr.metrics.lds import subset_bootstrap, subset_resamples  # noqa: E402
 
 FULL_MEMBER = "model"
@@ -41,7 +42,7 @@ def member_scores(method_dir: Path, members: list[str], draws: int, draws_per_gr
     groups) for each damping D."""
     groups = draws // draws_per_group
     loss = measurements.index("loss")
-    dirs = {FULL_MEMBER: method_dir, **{name: method_dir / "ensemble" / name for name in members}}
+    dirs = {FULL_MEMBER: method_dir, **{name: AttributionMethod.member_dir(method_dir, name) for name in members}}
     return {name: load_variant_scores(d)[:, :groups, loss].mean(axis=1) for name, d in dirs.items()}
 
 
