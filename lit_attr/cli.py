@@ -11,6 +11,7 @@ the configured model), and ``--ckpt_path last`` must find a checkpoint.
 from __future__ import annotations
 
 import importlib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -154,6 +155,7 @@ class AttributeCLI(RaisesOwnErrors, LightningCLI):
         super().__init__(*args, run=False, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        from lit_attr.attribution.continuation import DEFAULT_BATCH_SIZE, ContinuationSettings
         from lit_attr.attribution.method_choice import attribute_methods
 
         parser.add_argument("--method", type=str, default=self.method.name,
@@ -162,6 +164,7 @@ class AttributeCLI(RaisesOwnErrors, LightningCLI):
         parser.add_argument("--checkpoints", type=Optional[list[str]], default=None,
                             help="Two or more models (final weights first) to score with the method, each in "
                                  "<output_dir>/members/, and average (read before the other arguments).")
+        settings = {field.name: field.default for field in fields(ContinuationSettings)}  # one source of defaults
         continuation = ("Average over the model and its weights after these many more training steps "
                         "(lit_attr.attribution.continuation; read before the other arguments)")
         parser.add_argument("--continuation.steps", type=Optional[list[int]], default=None,
@@ -170,10 +173,10 @@ class AttributeCLI(RaisesOwnErrors, LightningCLI):
                             help="Constant learning rate of the continuation (default: the checkpoint's peak lr).")
         parser.add_argument("--continuation.batch_size", type=Optional[int], default=None,
                             help="Examples per continued step (default: the checkpoint's training batch size, "
-                                 "else 128).")
-        parser.add_argument("--continuation.warmup_steps", type=int, default=10,
+                                 f"else {DEFAULT_BATCH_SIZE}).")
+        parser.add_argument("--continuation.warmup_steps", type=int, default=settings["warmup_steps"],
                             help="Linear warm-up steps of the continuation's fresh AdamW.")
-        parser.add_argument("--continuation.seed", type=int, default=0,
+        parser.add_argument("--continuation.seed", type=int, default=settings["seed"],
                             help="Seed of the continuation's minibatches, timesteps and noise.")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
