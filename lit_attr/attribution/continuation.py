@@ -302,12 +302,6 @@ def prepare_continuation(args: list[str], settings: ContinuationSettings, method
         ConfigError: ``--checkpoints`` as well, no output folder, or a folder holding a continuation made with
             other settings.
     """
-    from lit_attr.attribution.checkpoint_ensemble import (
-        CHECKPOINTS_FLAG,
-        MEMBERS_FOLDER,
-        output_dir_of,
-    )
-
     if flag_values(args, CHECKPOINTS_FLAG) or config_values(args, "checkpoints"):
         if given_as_flags:
             raise ConfigError(f"Give either {CHECKPOINTS_FLAG} (saved checkpoints) or {FLAG}.steps (a continuation "
