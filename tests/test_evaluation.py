@@ -310,14 +310,15 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
     factors = {p.name for p in (bench / "curvature").glob("*.safetensors")}  # one K-FAC per Hessian setting
     assert {"mc_expand_S1.safetensors", "empirical_reduce_S1.safetensors", "mc_expand_S1_ekfac.safetensors"} <= factors
     assert [p.stat().st_mtime_ns for p in done] == stamps
-    probed, seeds, common, newton, continuation, members = run_scripts_together(  # read-only probes, side by side
+    probed, seeds, common, newton, continuation, members, removal = run_scripts_together(  # read-only, side by side
         ("benchmarks/probe_functions.py", str(bench), "--num_draws=2", "--query_draws=2", "--dampings", "1e-3"),
         ("benchmarks/probe_seeds.py", str(bench), "--resamples=20"),
         ("benchmarks/probe_common.py", str(bench), "--all-dampings"),
         ("benchmarks/probe_newton.py", str(bench), "--num_draws=2", "--query_draws=2", "--delta_dampings", "1e-2",
          "--alphas", "0", "1", "--random_control"),
         ("benchmarks/probe_continuation.py", str(bench), "--steps", "1", "2", "--num_draws=2", "--query_draws=2"),
-        ("benchmarks/probe_members.py", str(bench), "--method=kfac_continued", "--draws=2", "--resamples=20"))
+        ("benchmarks/probe_members.py", str(bench), "--method=kfac_continued", "--draws=2", "--resamples=20"),
+        ("benchmarks/probe_removal_sets.py", str(bench)))
     assert probed.returncode == 0, probed.stderr[-3000:]
     rows = [line for line in probed.stdout.splitlines() if line.startswith("| loss |") or line.startswith("| sqnorm |")]
     assert len(rows) == 2 * 2 * 2  # training function x query function x (K-FAC 1e-3, identity)
@@ -351,6 +352,14 @@ def test_evaluate_smoke_benchmark_end_to_end_and_resume(tmp_path):
                     if r["method"] == "kfac_continued" and r["target"] == "loss" and r["approx"] == "loss"
                     and r["default_damping"])
     assert member_rows["model + continued_2"][3].strip() == f"{reported['mean']:.3f}"
+    assert removal.returncode == 0, removal.stderr[-3000:]
+    removal_rows = {r[0]: r[1:] for r in (line.split() for line in removal.stdout.splitlines())
+                    if r and r[0] in ("kfac", "pixel")}
+    assert removal_rows["kfac"][0:9:3] == ["1.000", "1.000", "1.000"]  # the scores that picked kfac's set, found again
+    overlap, predicted, measured = (float(removal_rows["pixel"][i]) for i in (0, 3, 6))
+    assert 0 <= overlap <= 1 and predicted <= 1 + 1e-6  # no set of that size has a larger reference sum
+    stored = {r["method"]: np.array(r["per_query"]) for r in json.loads((bench / "results.json").read_text())["removal"]}
+    assert measured == pytest.approx(np.mean(stored["pixel"] / stored["kfac"]), abs=1e-3)
     share = run_script("evaluate.py", "retrain", "--config", "configs/lds/smoke.yaml", f"--root={bench}",
                        "--start=2", "--count=3")
     assert share.returncode == 0 and "[lds] 3/3 models already done" in share.stdout
