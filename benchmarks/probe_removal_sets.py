@@ -66,10 +66,10 @@ def probe(root: Path, args) -> None:
             continue
         print(f"fraction {fraction:g}: mean over queries (min, max)")
         print(f"{'removed set':<22}{'overlap':>22}{'predicted':>22}{'measured':>22}{'cosine':>10}")
+        own_sets = {q: removed_set(bench, reference, q, fraction, num_train) for q in queries}
         for name in measured:
             overlap, predicted, cosine = [], [], []
-            for i, q in enumerate(queries):
-                own = removed_set(bench, reference, q, fraction, num_train)
+            for q, own in own_sets.items():
                 other = removed_set(bench, name, q, fraction, num_train)
                 if own.any():  # empty when the reference has no positive score for q (nothing removed)
                     overlap.append((own & other).sum() / own.sum())
