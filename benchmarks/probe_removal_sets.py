@@ -33,16 +33,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probe_functions import load_benchmark, run_over_roots  # noqa: E402
+from lit_attr.constants import SUBSET_INDICES_FILE  # noqa: E402
+from lit_attr.data.index_files import read_index_file  # noqa: E402
 from lit_attr.storage import read_json  # noqa: E402
 
 
-def removed_set(bench, method: str, query: int, fraction: float, num_train: int) -> np.ndarray:
-    """(num_train,) bool: the examples left out of the model retrained without ``method``'s top ``fraction`` for
-    ``query`` (the complement of the stored ``indices.txt``)."""
-    kept = np.loadtxt(bench.layout.removal_run_dir(method, query, fraction).parent / "indices.txt", dtype=np.int64)
-    removed = np.ones(num_train, dtype=bool)
-    removed[kept] = False
-    return removed
+def removed_set(bench, method: str, query: int, fraction: float) -> np.ndarray:
+    """(N,) bool over the score rows: the examples left out of the model retrained without ``method``'s top
+    ``fraction`` for ``query``. The stored ``indices.txt`` holds the kept examples' stable dataset indices, so each
+    row's stable index (``bench.dataset.indices``) is looked up in it."""
+    kept = set(read_index_file(bench.layout.removal_run_dir(method, query, fraction).parent / SUBSET_INDICES_FILE))
+    return np.array([int(index) not in kept for index in bench.dataset.indices])
 
 
 def probe(root: Path, args) -> None:
@@ -56,7 +57,6 @@ def probe(root: Path, args) -> None:
     if reference not in methods:
         raise SystemExit(f"--reference {reference!r} is not a method of {root} ({sorted(methods)}).")
     queries = list(bench.config.removal.queries)
-    num_train = bench.num_train
     ref_scores = bench.removal_scores(methods[reference])  # (N, Q)
     pixel = next((bench.removal_scores(m) for m in bench.config.methods if m.kind == "pixel"), None)
     print(f"\n== {root}  (reference: {reference}; {len(queries)} queries)")
@@ -66,11 +66,11 @@ def probe(root: Path, args) -> None:
             continue
         print(f"fraction {fraction:g}: mean over queries (min, max)")
         print(f"{'removed set':<22}{'overlap':>22}{'predicted':>22}{'measured':>22}{'cosine':>10}")
-        own_sets = {q: removed_set(bench, reference, q, fraction, num_train) for q in queries}
+        own_sets = {q: removed_set(bench, reference, q, fraction) for q in queries}
         for name in measured:
             overlap, predicted, cosine = [], [], []
             for q, own in own_sets.items():
-                other = removed_set(bench, name, q, fraction, num_train)
+                other = removed_set(bench, name, q, fraction)
                 if own.any():  # empty when the reference has no positive score for q (nothing removed)
                     overlap.append((own & other).sum() / own.sum())
                     predicted.append(ref_scores[other, q].sum() / ref_scores[own, q].sum())
